@@ -1,0 +1,27 @@
+//! `diskseq`: block-device identity, loop devices, xenstore and the vbd
+//! handoff from the command line. Each subcommand lives in its own module;
+//! this file only parses arguments and maps results to exit codes.
+
+mod exit;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "diskseq", version, about = "Race-free block-device handoff for Xen, by disk sequence number")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    // Each helper adds its subcommands here (one line per variant) and a
+    // matching arm in `main`; the work itself lives in the module.
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: exit::CmdResult = match cli.command {};
+    exit::finish(result)
+}
