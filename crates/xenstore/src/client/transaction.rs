@@ -1,0 +1,150 @@
+//! Transactions: the same node operations, tagged with a transaction id.
+
+use super::store::ops;
+use super::{Client, Error, ErrorKind, Result};
+use crate::perms::Perms;
+use crate::wire::{self, MsgType};
+
+/// An open transaction on a [`Client`]. Its writes are invisible to others
+/// until [`commit`](Self::commit); dropping it uncommitted aborts it.
+#[derive(Debug)]
+pub struct Transaction<'c> {
+    client: &'c mut Client,
+    id: u32,
+    finished: bool,
+}
+
+impl<'c> Transaction<'c> {
+    /// Attempts [`Client::transaction`] makes before it returns EAGAIN.
+    pub const MAX_ATTEMPTS: u32 = 32;
+
+    pub(crate) fn new(client: &'c mut Client, id: u32) -> Self {
+        Transaction {
+            client,
+            id,
+            finished: false,
+        }
+    }
+
+    /// The id the daemon gave this transaction.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn read(&mut self, path: &str) -> Result<Vec<u8>> {
+        ops::read(self.client, self.id, path)
+    }
+
+    pub fn read_opt(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
+        ops::read_opt(self.client, self.id, path)
+    }
+
+    pub fn read_string(&mut self, path: &str) -> Result<String> {
+        ops::read_string(self.client, self.id, path)
+    }
+
+    pub fn write(&mut self, path: &str, value: impl AsRef<[u8]>) -> Result<()> {
+        ops::write(self.client, self.id, path, value.as_ref())
+    }
+
+    pub fn mkdir(&mut self, path: &str) -> Result<()> {
+        ops::mkdir(self.client, self.id, path)
+    }
+
+    pub fn rm(&mut self, path: &str) -> Result<()> {
+        ops::rm(self.client, self.id, path)
+    }
+
+    pub fn directory(&mut self, path: &str) -> Result<Vec<String>> {
+        ops::directory(self.client, self.id, path)
+    }
+
+    pub fn get_perms(&mut self, path: &str) -> Result<Perms> {
+        ops::get_perms(self.client, self.id, path)
+    }
+
+    pub fn set_perms(&mut self, path: &str, perms: &Perms) -> Result<()> {
+        ops::set_perms(self.client, self.id, path, perms)
+    }
+
+    pub fn exists(&mut self, path: &str) -> Result<bool> {
+        Ok(self.read_opt(path)?.is_some())
+    }
+
+    /// Reads several nodes in one round trip: all requests are sent before
+    /// the first reply is read. Missing nodes are `None`; any other failure
+    /// is the first such error, in path order.
+    pub fn read_many(&mut self, paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        for path in paths {
+            ops::checked(MsgType::Read, path)?;
+        }
+        let requests: Vec<_> = paths
+            .iter()
+            .map(|path| (MsgType::Read, wire::path_payload(path), *path))
+            .collect();
+        self.client
+            .request_many(self.id, &requests)?
+            .into_iter()
+            .map(ops::not_found_as_none)
+            .collect()
+    }
+
+    /// Writes several nodes in one round trip (pipelined like
+    /// [`read_many`](Self::read_many)); the first failure, in order, is
+    /// returned after all replies are in.
+    pub fn write_many(&mut self, items: &[(&str, &[u8])]) -> Result<()> {
+        for (path, _) in items {
+            ops::checked(MsgType::Write, path)?;
+        }
+        let requests: Vec<_> = items
+            .iter()
+            .map(|(path, value)| (MsgType::Write, wire::write_payload(path, value), *path))
+            .collect();
+        self.client
+            .request_many(self.id, &requests)?
+            .into_iter()
+            .try_for_each(|outcome| outcome.map(drop))
+    }
+
+    /// Commits. EAGAIN means another client changed a node this transaction
+    /// read or wrote; nothing was applied and the work must be redone.
+    pub fn commit(mut self) -> Result<()> {
+        self.end(true)
+    }
+
+    /// Discards the transaction's changes.
+    pub fn abort(mut self) -> Result<()> {
+        self.end(false)
+    }
+
+    fn end(&mut self, commit: bool) -> Result<()> {
+        self.finished = true;
+        let reply = self.client.request(
+            MsgType::TransactionEnd,
+            self.id,
+            wire::transaction_end_payload(commit),
+            None,
+        )?;
+        if reply.strip_suffix(b"\0").unwrap_or(&reply) != b"OK" {
+            return Err(Error::for_request(
+                MsgType::TransactionEnd,
+                None,
+                ErrorKind::Protocol(format!(
+                    "unexpected answer {:?}",
+                    String::from_utf8_lossy(&reply)
+                )),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Best effort: if the connection is gone the daemon drops the
+            // transaction with it.
+            let _ = self.end(false);
+        }
+    }
+}
