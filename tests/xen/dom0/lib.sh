@@ -1,0 +1,145 @@
+# Helpers for the scenarios running inside the test dom0 (sourced).
+#
+# Output protocol, parsed on the host by tests/xen/lib/report.sh; every marker
+# line starts with "XENTEST ":
+#   XENTEST BEGIN <scenario>
+#   XENTEST EVIDENCE <scenario> <text>      what was observed (nodes, sysfs, output)
+#   XENTEST CHECK-OK|CHECK-FAIL <scenario> <what was checked>
+#   XENTEST FIGURE <scenario> <name>=<value>
+#   XENTEST PASS|FAIL <scenario> <seconds> s [reason]
+# shellcheck shell=bash
+
+XT_STATE=/run/xentest
+mkdir -p "$XT_STATE"
+XT_SCENARIO=${XT_SCENARIO:-dom0}
+DISKSEQ_SCRIPT=/usr/local/bin/block-diskseq
+STOCK_SCRIPT=/etc/xen/scripts/block
+NAIVE_SCRIPT=/xentest/naive-block
+
+xt_say() { echo "XENTEST NOTE $*"; }
+xt_evidence() { echo "XENTEST EVIDENCE $XT_SCENARIO $*"; }
+xt_figure() { echo "XENTEST FIGURE $XT_SCENARIO $1=$2"; }
+
+# Evidence from a command's output, one marker line per output line.
+xt_evidence_cmd() {
+    local label=$1 line
+    shift
+    "$@" 2>&1 | while IFS= read -r line; do xt_evidence "$label: $line"; done
+}
+
+xt_fail_check() {
+    echo "XENTEST CHECK-FAIL $XT_SCENARIO $*"
+    echo "$*" >>"$XT_STATE/$XT_SCENARIO.failed"
+}
+
+# xt_check <description> <command...>: the command's status decides.
+xt_check() {
+    local what=$1
+    shift
+    if "$@"; then
+        echo "XENTEST CHECK-OK $XT_SCENARIO $what"
+    else
+        xt_fail_check "$what"
+    fi
+}
+
+# xt_expect_eq <description> <actual> <expected>
+xt_expect_eq() {
+    if [ "$2" = "$3" ]; then
+        echo "XENTEST CHECK-OK $XT_SCENARIO $1 (= '$3')"
+    else
+        xt_fail_check "$1: got '$2', expected '$3'"
+    fi
+}
+
+ms_now() { echo $(($(date +%s%N) / 1000000)); }
+
+# wait_for <timeout-seconds> <command...>: polls every 50 ms.
+wait_for() {
+    local deadline=$(($(ms_now) + $1 * 1000))
+    shift
+    until "$@"; do
+        [ "$(ms_now)" -lt "$deadline" ] || return 1
+        sleep 0.05
+    done
+}
+
+# The xenstore device id of a vdev name xvd<letter>: 202 << 8 | index << 4.
+vdev_devid() {
+    local letter=${1#xvd}
+    local index=$(($(printf '%d' "'$letter") - 97))
+    echo $((202 * 256 + index * 16))
+}
+
+backend_dir() { echo "/local/domain/0/backend/vbd/$1/$2"; }
+xs_read() { xenstore-read "$1" 2>/dev/null; }
+xs_equals() { [ "$(xs_read "$1")" = "$2" ]; }
+xs_absent() { ! xenstore-exists "$1" 2>/dev/null; }
+
+# make_image <path> <MiB> <tag>: a sparse image whose first line is its tag.
+make_image() {
+    truncate -s "$2M" "$1"
+    printf 'XENTEST-IMAGE %s\n' "$3" | dd of="$1" conv=notrunc status=none
+}
+
+# The tag at the start of an image or device (what a reader sees first).
+read_tag() {
+    dd if="$1" bs=4096 count=1 iflag=direct status=none 2>/dev/null | head -1 | tr -cd 'A-Za-z0-9 _.:-'
+}
+
+# Loop devices bound to a backing file.
+loops_of() { losetup -n -O NAME -j "$1" 2>/dev/null; }
+no_loops_of() { [ -z "$(loops_of "$1")" ]; }
+
+dump_backend() {
+    xt_evidence_cmd "xenstore" xenstore-ls -f "$1"
+}
+
+dump_vbd_sysfs() {
+    local dir=/sys/bus/xen-backend/devices/$1 attr
+    for attr in physical_device mode; do
+        if [ -e "$dir/$attr" ]; then
+            xt_evidence "sysfs $1/$attr = $(cat "$dir/$attr")"
+        else
+            xt_evidence "sysfs $1/$attr absent"
+        fi
+    done
+}
+
+# Undoes whatever a scenario left behind so the next one starts clean:
+# guest domains, dom0 self-attached disks, loop devices.
+xt_cleanup() {
+    local dom vdev
+    for dom in $(xl list 2>/dev/null | awk 'NR > 2 { print $1 }'); do
+        xl destroy "$dom" >/dev/null 2>&1
+    done
+    for vdev in $(xenstore-list /local/domain/0/backend/vbd/0 2>/dev/null); do
+        xl block-detach 0 "$vdev" >/dev/null 2>&1
+    done
+    losetup -D >/dev/null 2>&1
+}
+
+# Runs one scenario file under a time budget and prints its verdict.
+xt_run_scenario() {
+    local name=$1 budget=${2:-120} start rc reason=
+    start=$(ms_now)
+    echo "XENTEST BEGIN $name"
+    rm -f "$XT_STATE/$name.failed"
+    XT_SCENARIO=$name timeout -k 5 "$budget" bash /xentest/scenarios/"$name".sh
+    rc=$?
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        reason="timed out after $budget s"
+    elif [ "$rc" != 0 ]; then
+        reason="scenario exited $rc"
+    elif [ -s "$XT_STATE/$name.failed" ]; then
+        reason="$(wc -l <"$XT_STATE/$name.failed") check(s) failed"
+    fi
+    local secs
+    secs=$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')
+    if [ -z "$reason" ]; then
+        echo "XENTEST PASS $name $secs s"
+    else
+        echo "XENTEST FAIL $name $secs s $reason"
+    fi
+    XT_SCENARIO=$name xt_cleanup
+}
