@@ -3,6 +3,7 @@
 //! this file only parses arguments and maps results to exit codes.
 
 mod exit;
+mod xenstored_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -18,10 +19,14 @@ struct Cli {
 enum Command {
     // Each helper adds its subcommands here (one line per variant) and a
     // matching arm in `main`; the work itself lives in the module.
+    /// Run a xenstore daemon (dom0 socket plus simulated guest sockets).
+    Xenstored(xenstored_cmd::XenstoredArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result: exit::CmdResult = match cli.command {};
+    let result: exit::CmdResult = match cli.command {
+        Command::Xenstored(args) => xenstored_cmd::run(args),
+    };
     exit::finish(result)
 }

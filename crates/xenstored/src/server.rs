@@ -1,0 +1,575 @@
+//! The event loop: one thread, one epoll instance, non-blocking sockets.
+//!
+//! Each connection has an input buffer (bytes read, not yet handled) and an
+//! output buffer (frames queued, not yet written). Requests are handled one
+//! at a time to completion, so a watch event is queued on every watcher's
+//! output before the next request runs: events reach each connection in the
+//! order the changes happened, without locks.
+//!
+//! Fairness and bounds: a connection has at most [`BATCH`] requests handled
+//! per turn; a guest with `outstanding` unread replies is not read from until
+//! it catches up; input beyond [`INPUT_LIMIT`] is left in the socket; a
+//! connection whose unread output passes [`OUTPUT_LIMIT`] is dropped; a frame
+//! announcing more than the protocol's payload limit disconnects its sender.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use rustix::buffer::spare_capacity;
+use rustix::event::epoll::{self, EventData, EventFlags};
+use xenstore::wire::{Header, Message, MsgType, HEADER_SIZE, PAYLOAD_MAX};
+
+use crate::dispatch::{self, Outcome, Session, State};
+use crate::trace::Trace;
+use crate::watch::{Change, ConnId};
+
+/// Requests handled for one connection before others get a turn.
+const BATCH: usize = 64;
+/// Unhandled input buffered per connection before reading pauses.
+const INPUT_LIMIT: usize = 64 * 1024;
+/// Unread output per connection before the daemon gives up on the reader.
+const OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+
+const STOP_TOKEN: u64 = 0;
+const LISTENER_BASE: u64 = 1;
+const CONN_BASE: u64 = 1 << 32;
+
+/// A listening socket and who its connections are.
+pub struct Listener {
+    pub listener: UnixListener,
+    pub domid: u32,
+    pub privileged: bool,
+}
+
+struct Conn {
+    stream: UnixStream,
+    session: Session,
+    input: Vec<u8>,
+    input_start: usize,
+    output: Vec<u8>,
+    output_start: usize,
+    /// Bytes ever queued / written, to tell which replies are still unread.
+    queued_total: u64,
+    written_total: u64,
+    /// `queued_total` at the end of each reply not yet fully written (guests
+    /// only: the outstanding-requests quota).
+    reply_ends: VecDeque<u64>,
+    interest: EventFlags,
+    queued_for_processing: bool,
+    dirty: bool,
+    closing: bool,
+}
+
+impl Conn {
+    fn pending_input(&self) -> &[u8] {
+        &self.input[self.input_start..]
+    }
+
+    fn pending_output(&self) -> usize {
+        self.output.len() - self.output_start
+    }
+
+    fn has_complete_frame(&self) -> bool {
+        let pending = self.pending_input();
+        match pending.first_chunk::<HEADER_SIZE>() {
+            Some(raw) => {
+                let len = Header::decode(raw).len as usize;
+                // An oversize header counts as complete: handling it
+                // disconnects the sender.
+                len > PAYLOAD_MAX || pending.len() >= HEADER_SIZE + len
+            }
+            None => false,
+        }
+    }
+
+    fn outstanding_full(&self, limit: usize) -> bool {
+        !self.session.privileged && self.reply_ends.len() >= limit
+    }
+
+    fn queue(&mut self, header: Header, parts: &[&[u8]]) {
+        self.output.extend_from_slice(&header.encode());
+        for part in parts {
+            self.output.extend_from_slice(part);
+        }
+        self.queued_total += (HEADER_SIZE + header.len as usize) as u64;
+    }
+}
+
+/// The daemon's loop and everything it owns.
+pub struct Server {
+    epoll: OwnedFd,
+    /// Read end of the stop channel; kept open while it is registered.
+    _stop: UnixStream,
+    listeners: Vec<Listener>,
+    conns: Vec<Option<Conn>>,
+    free_slots: Vec<ConnId>,
+    state: State,
+    trace: Option<Trace>,
+    ready: Vec<ConnId>,
+    dirty: Vec<ConnId>,
+    doomed: Vec<ConnId>,
+}
+
+impl Server {
+    /// Registers the listeners and the stop socket (readable = stop).
+    pub fn new(
+        listeners: Vec<Listener>,
+        stop: UnixStream,
+        state: State,
+        trace: Option<Trace>,
+    ) -> io::Result<Self> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        stop.set_nonblocking(true)?;
+        epoll::add(
+            &epoll,
+            &stop,
+            EventData::new_u64(STOP_TOKEN),
+            EventFlags::IN,
+        )?;
+        for (i, l) in listeners.iter().enumerate() {
+            l.listener.set_nonblocking(true)?;
+            epoll::add(
+                &epoll,
+                &l.listener,
+                EventData::new_u64(LISTENER_BASE + i as u64),
+                EventFlags::IN,
+            )?;
+        }
+        Ok(Server {
+            epoll,
+            _stop: stop,
+            listeners,
+            conns: Vec::new(),
+            free_slots: Vec::new(),
+            state,
+            trace,
+            ready: Vec::new(),
+            dirty: Vec::new(),
+            doomed: Vec::new(),
+        })
+    }
+
+    /// Serves until the stop socket becomes readable (or closes).
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        loop {
+            events.clear();
+            let timeout = if self.ready.is_empty() {
+                None
+            } else {
+                Some(&zero)
+            };
+            match epoll::wait(&self.epoll, spare_capacity(&mut events), timeout) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for event in &events {
+                let token = event.data.u64();
+                if token == STOP_TOKEN {
+                    return Ok(());
+                } else if token < CONN_BASE {
+                    self.accept_all((token - LISTENER_BASE) as usize);
+                } else {
+                    self.on_conn_event((token - CONN_BASE) as ConnId, event.flags);
+                }
+            }
+            self.process_ready();
+            self.flush_dirty();
+            self.close_doomed();
+            if let Some(trace) = &mut self.trace {
+                trace.flush();
+            }
+        }
+    }
+
+    fn accept_all(&mut self, index: usize) {
+        let Some(l) = self.listeners.get(index) else {
+            return;
+        };
+        let (domid, privileged) = (l.domid, l.privileged);
+        loop {
+            let stream = match l.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // WouldBlock, or out of descriptors: the connection waits
+                // in the backlog until a slot frees up.
+                Err(_) => return,
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let id = self.free_slots.pop().unwrap_or_else(|| {
+                self.conns.push(None);
+                self.conns.len() - 1
+            });
+            if epoll::add(
+                &self.epoll,
+                &stream,
+                EventData::new_u64(CONN_BASE + id as u64),
+                EventFlags::IN | EventFlags::RDHUP,
+            )
+            .is_err()
+            {
+                self.free_slots.push(id);
+                continue;
+            }
+            if let Some(trace) = &mut self.trace {
+                trace.connection(id, domid, "CONNECT");
+            }
+            self.conns[id] = Some(Conn {
+                stream,
+                session: Session::new(id, domid, privileged),
+                input: Vec::new(),
+                input_start: 0,
+                output: Vec::new(),
+                output_start: 0,
+                queued_total: 0,
+                written_total: 0,
+                reply_ends: VecDeque::new(),
+                interest: EventFlags::IN | EventFlags::RDHUP,
+                queued_for_processing: false,
+                dirty: false,
+                closing: false,
+            });
+        }
+    }
+
+    fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
+        live(&mut self.conns, id)
+    }
+
+    fn doom(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn(id) {
+            conn.closing = true;
+            self.doomed.push(id);
+        }
+    }
+
+    fn on_conn_event(&mut self, id: ConnId, flags: EventFlags) {
+        if flags.intersects(EventFlags::OUT) {
+            self.mark_dirty(id);
+        }
+        if flags.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR | EventFlags::RDHUP)
+        {
+            self.read_input(id);
+        }
+    }
+
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn(id) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    fn read_input(&mut self, id: ConnId) {
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        let mut eof = false;
+        while conn.pending_input().len() < INPUT_LIMIT {
+            if conn.input_start > 0 && conn.input_start == conn.input.len() {
+                conn.input.clear();
+                conn.input_start = 0;
+            }
+            conn.input.reserve(READ_CHUNK);
+            match rustix::io::read(&conn.stream, spare_capacity(&mut conn.input)) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        let has_frame = conn.has_complete_frame();
+        if eof {
+            self.doom(id);
+        } else if has_frame {
+            self.schedule(id);
+        }
+    }
+
+    fn schedule(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn(id) {
+            if !conn.queued_for_processing {
+                conn.queued_for_processing = true;
+                self.ready.push(id);
+            }
+        }
+    }
+
+    fn process_ready(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        for id in ready {
+            if let Some(conn) = self.conn(id) {
+                conn.queued_for_processing = false;
+            }
+            self.process(id);
+            self.update_interest(id);
+        }
+    }
+
+    /// Handles up to [`BATCH`] complete requests of one connection.
+    fn process(&mut self, id: ConnId) {
+        let outstanding = self.state.quotas.outstanding;
+        for _ in 0..BATCH {
+            let Some(conn) = live(&mut self.conns, id) else {
+                return;
+            };
+            if conn.outstanding_full(outstanding) {
+                return;
+            }
+            let message = match Message::parse(conn.pending_input()) {
+                Ok(Some((message, used))) => {
+                    conn.input_start += used;
+                    message
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    if let Some(trace) = &mut self.trace {
+                        trace.connection(id, conn.session.domid, "MALFORMED");
+                    }
+                    self.doom(id);
+                    return;
+                }
+            };
+            if let Some(trace) = &mut self.trace {
+                trace.message("IN ", id, conn.session.domid, &message);
+            }
+            let outcome = dispatch::handle(&mut self.state, &mut conn.session, &message);
+            self.deliver(id, outcome);
+        }
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        if conn.input_start == conn.input.len() {
+            conn.input.clear();
+            conn.input_start = 0;
+        } else if conn.input_start > INPUT_LIMIT {
+            conn.input.drain(..conn.input_start);
+            conn.input_start = 0;
+        }
+        if conn.has_complete_frame() && !conn.outstanding_full(outstanding) {
+            self.schedule(id);
+        }
+    }
+
+    fn deliver(&mut self, from: ConnId, outcome: Outcome) {
+        for change in &outcome.changes {
+            self.fan_out(change);
+        }
+        if let Some(conn) = live(&mut self.conns, from) {
+            let domid = conn.session.domid;
+            let privileged = conn.session.privileged;
+            for (i, frame) in outcome.frames.iter().enumerate() {
+                conn.queue(frame.header(), &[&frame.payload]);
+                if i == 0 && !privileged {
+                    conn.reply_ends.push_back(conn.queued_total);
+                }
+                if let Some(trace) = &mut self.trace {
+                    trace.message("OUT", from, domid, frame);
+                }
+            }
+        }
+        self.after_queue(from);
+        if let Some(domid) = outcome.released {
+            let victims: Vec<ConnId> = self
+                .conns
+                .iter()
+                .enumerate()
+                .filter_map(|(id, c)| c.as_ref().map(|c| (id, c)))
+                .filter(|(_, c)| !c.session.privileged && c.session.domid == domid)
+                .map(|(id, _)| id)
+                .collect();
+            for id in victims {
+                self.doom(id);
+            }
+        }
+    }
+
+    /// Queues `change`'s watch events on every connection allowed to see it.
+    fn fan_out(&mut self, change: &Change) {
+        let conns = &mut self.conns;
+        let state = &self.state;
+        let trace = &mut self.trace;
+        let mut touched: Vec<ConnId> = Vec::new();
+        state.watches.matches(change, |sub, path| {
+            let Some(conn) = conns.get_mut(sub.conn).and_then(Option::as_mut) else {
+                return;
+            };
+            if conn.closing {
+                return;
+            }
+            let caller = state.caller(conn.session.domid, conn.session.privileged);
+            if !change.visible_to(&caller) {
+                return;
+            }
+            let len = path.len() + sub.token.len() + 2;
+            if len > PAYLOAD_MAX {
+                return;
+            }
+            let header = Header {
+                msg_type: MsgType::WatchEvent as u32,
+                req_id: 0,
+                tx_id: 0,
+                len: len as u32,
+            };
+            conn.queue(
+                header,
+                &[path.as_bytes(), b"\0", sub.token.as_bytes(), b"\0"],
+            );
+            if let Some(trace) = trace {
+                trace.event(sub.conn, conn.session.domid, path, &sub.token);
+            }
+            touched.push(sub.conn);
+        });
+        for id in touched {
+            self.after_queue(id);
+        }
+    }
+
+    /// Marks a connection with new output for flushing, or drops it when
+    /// its reader has fallen too far behind.
+    fn after_queue(&mut self, id: ConnId) {
+        let Some(conn) = live(&mut self.conns, id) else {
+            return;
+        };
+        if conn.pending_output() > OUTPUT_LIMIT {
+            if let Some(trace) = &mut self.trace {
+                trace.connection(id, conn.session.domid, "SLOW-READER");
+            }
+            self.doom(id);
+        } else {
+            self.mark_dirty(id);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in dirty {
+            if let Some(conn) = self.conn(id) {
+                conn.dirty = false;
+            }
+            self.flush(id);
+            self.update_interest(id);
+        }
+    }
+
+    fn flush(&mut self, id: ConnId) {
+        let outstanding = self.state.quotas.outstanding;
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        let was_full = conn.outstanding_full(outstanding);
+        let mut failed = false;
+        while conn.output_start < conn.output.len() {
+            match (&conn.stream).write(&conn.output[conn.output_start..]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.output_start += n;
+                    conn.written_total += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        while conn
+            .reply_ends
+            .front()
+            .is_some_and(|end| *end <= conn.written_total)
+        {
+            conn.reply_ends.pop_front();
+        }
+        if conn.output_start == conn.output.len() {
+            conn.output.clear();
+            conn.output_start = 0;
+            if conn.output.capacity() > 1024 * 1024 {
+                conn.output.shrink_to(64 * 1024);
+            }
+        }
+        let resume = was_full && !conn.outstanding_full(outstanding) && conn.has_complete_frame();
+        if failed {
+            self.doom(id);
+        } else if resume {
+            self.schedule(id);
+        }
+    }
+
+    /// Asks epoll for input unless the connection is paused, and for output
+    /// while some is queued.
+    fn update_interest(&mut self, id: ConnId) {
+        let outstanding = self.state.quotas.outstanding;
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        let mut wanted = EventFlags::RDHUP;
+        if conn.pending_input().len() < INPUT_LIMIT && !conn.outstanding_full(outstanding) {
+            wanted |= EventFlags::IN;
+        }
+        if conn.pending_output() > 0 {
+            wanted |= EventFlags::OUT;
+        }
+        if wanted != conn.interest
+            && epoll::modify(
+                &self.epoll,
+                &conn.stream,
+                EventData::new_u64(CONN_BASE + id as u64),
+                wanted,
+            )
+            .is_ok()
+        {
+            conn.interest = wanted;
+        }
+    }
+
+    fn close_doomed(&mut self) {
+        for id in std::mem::take(&mut self.doomed) {
+            let Some(mut conn) = self.conns.get_mut(id).and_then(Option::take) else {
+                continue;
+            };
+            // Best effort: a released guest may still read its last replies.
+            let _ = (&conn.stream).write(&conn.output[conn.output_start..]);
+            conn.session.reset(&mut self.state);
+            let _ = epoll::delete(&self.epoll, &conn.stream);
+            if let Some(trace) = &mut self.trace {
+                trace.connection(id, conn.session.domid, "CLOSE");
+            }
+            self.free_slots.push(id);
+        }
+    }
+}
+
+/// The connection in slot `id`, unless it is gone or being closed.
+fn live(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
+    conns
+        .get_mut(id)
+        .and_then(Option::as_mut)
+        .filter(|c| !c.closing)
+}
