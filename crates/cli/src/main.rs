@@ -4,12 +4,17 @@
 
 mod exit;
 mod xenstored_cmd;
+mod xs;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "diskseq", version, about = "Race-free block-device handoff for Xen, by disk sequence number")]
+#[command(
+    name = "diskseq",
+    version,
+    about = "Race-free block-device handoff for Xen, by disk sequence number"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +24,8 @@ struct Cli {
 enum Command {
     // Each helper adds its subcommands here (one line per variant) and a
     // matching arm in `main`; the work itself lives in the module.
+    /// Read, write, list, remove and watch xenstore nodes.
+    Xs(xs::XsArgs),
     /// Run a xenstore daemon (dom0 socket plus simulated guest sockets).
     Xenstored(xenstored_cmd::XenstoredArgs),
 }
@@ -26,6 +33,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: exit::CmdResult = match cli.command {
+        Command::Xs(args) => xs::run(args),
         Command::Xenstored(args) => xenstored_cmd::run(args),
     };
     exit::finish(result)
