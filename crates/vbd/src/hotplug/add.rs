@@ -1,0 +1,536 @@
+//! `add`: read the inputs, open the target once, check sharing, publish the
+//! record in one transaction, then hold the device until the backend has it.
+//!
+//! Two transactions, each short: the first reads the inputs (3 round trips:
+//! start, one pipelined batch, commit); the second re-reads them together
+//! with every other vbd's record (the sharing scan), and writes the record
+//! (start, one directory listing per frontend domain plus one for the vbd
+//! root, one pipelined read batch, one pipelined write batch, commit). The
+//! device is opened and attached between the two, outside any transaction,
+//! so a transaction never spans a system call that can take long.
+//!
+//! Reading every other record inside the publishing transaction is what
+//! makes the sharing check race-free without a global lock: if another add
+//! publishes in between, our commit fails with EAGAIN and the check runs
+//! again with its record in view.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diskseq::{DevNum, DiskSeq};
+use xenstore::client::{Client, Transaction};
+
+use super::config::Config;
+use super::error::HotplugError;
+use super::fault;
+use super::handoff::{self, Signal};
+use super::log::Log;
+use super::mountinfo;
+use super::sharing::{self, Holder, VmIdentity};
+use super::target::{self, Target};
+use crate::schema::{self, node, BackendPath, Mode, PublishedDevice, SchemaError, XenbusState};
+
+/// What a successful `add` did.
+#[derive(Debug)]
+pub enum AddOutcome {
+    /// `physical-device` already existed (the script ran twice): nothing done.
+    AlreadyPresent,
+    /// The record was published and the backend took the device (or, with
+    /// no handoff signal, the device was made persistent).
+    Published {
+        /// What was published.
+        record: PublishedDevice,
+        /// How the handoff was closed.
+        signal: Signal,
+        /// How long the backend took.
+        waited: Duration,
+    },
+}
+
+/// A failed `add`, and whether its record had already been published (the
+/// failure report must then withdraw it).
+#[derive(Debug)]
+pub struct AddFailure {
+    /// What went wrong.
+    pub error: HotplugError,
+    /// The record is in xenstore.
+    pub published: bool,
+}
+
+impl<E: Into<HotplugError>> From<E> for AddFailure {
+    fn from(e: E) -> Self {
+        AddFailure {
+            error: e.into(),
+            published: false,
+        }
+    }
+}
+
+/// The backend directory's inputs, as read in the first transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inputs {
+    /// `params`, raw (compared again at publish time).
+    pub raw_params: Vec<u8>,
+    /// `params`, checked.
+    pub params: PathBuf,
+    /// `mode`, raw.
+    pub raw_mode: Vec<u8>,
+    /// `mode`, parsed.
+    pub mode: Mode,
+    /// `frontend-id`.
+    pub frontend_id: u32,
+    /// `direct-io-safe` = 1.
+    pub direct_io: bool,
+    /// The backend wrote an `opened` node at probe.
+    pub has_opened_node: bool,
+}
+
+const INPUT_NODES: [&str; 7] = [
+    node::PHYSICAL_DEVICE,
+    node::PARAMS,
+    node::MODE,
+    node::FRONTEND_ID,
+    node::STATE,
+    node::DIRECT_IO_SAFE,
+    node::OPENED,
+];
+
+/// Runs `add`.
+pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcome, AddFailure> {
+    let backend = &cfg.backend;
+    let Some(inputs) = read_inputs(client, backend)? else {
+        log.line("add: physical-device already present; nothing to do");
+        return Ok(AddOutcome::AlreadyPresent);
+    };
+    fault::point("after-read");
+    log.line(format_args!(
+        "add: params {} mode {} frontend {}",
+        inputs.params.display(),
+        inputs.mode,
+        inputs.frontend_id
+    ));
+
+    let opened = target::open(&inputs.params, inputs.mode, &cfg.sysfs_root, &cfg.proc_root)?;
+    fault::point("after-open");
+    let target = Target::attach(opened, inputs.mode, inputs.direct_io)?;
+    fault::point("after-attach");
+    let record = target.record();
+    log.line(format_args!(
+        "add: {} is {} (diskseq {})",
+        inputs.params.display(),
+        record.physical_device_path.display(),
+        target.id().seq
+    ));
+
+    let host = if inputs.mode.sharing_waived() {
+        log.line("add: mode ! waives the sharing check");
+        HostUsers::default()
+    } else {
+        HostUsers::gather(cfg, &target)?
+    };
+    if !publish(client, backend, &inputs, &target, &host, log)? {
+        log.line("add: another run published physical-device first; dropping this device");
+        return Ok(AddOutcome::AlreadyPresent);
+    }
+    fault::point("after-publish");
+    log.line(format_args!(
+        "add: published physical-device {} diskseq {}",
+        record.physical_device.to_xenstore(),
+        target.id().seq.to_xenstore()
+    ));
+
+    let signal = handoff::choose(
+        cfg.handoff,
+        inputs.has_opened_node,
+        handoff::sysfs_dir(&cfg.sysfs_root, backend),
+    );
+    let published = |error: HotplugError| AddFailure {
+        error,
+        published: true,
+    };
+    let waited = match &signal {
+        Signal::None => {
+            if let Target::Loop { device, .. } = &target {
+                // Nothing can tell us when the backend has the device: make
+                // it outlive this process; `remove` detaches it, verified.
+                device
+                    .set_autoclear(false)
+                    .map_err(|e| published(e.into()))?;
+                log.line(format_args!(
+                    "add: no handoff signal; {} made persistent",
+                    record.physical_device_path.display()
+                ));
+            }
+            Duration::ZERO
+        }
+        signal => {
+            log.line(format_args!(
+                "add: holding the device until {}",
+                handoff::describe(signal, record.physical_device)
+            ));
+            let waited =
+                handoff::wait(client, backend, signal, record.physical_device, cfg.timeout)
+                    .map_err(published)?;
+            log.line(format_args!(
+                "add: backend holds the device after {waited:?}"
+            ));
+            waited
+        }
+    };
+    // Dropping `target` closes our fd. A loop device keeps autoclear (unless
+    // made persistent above): it now lives exactly as long as the backend
+    // holds it.
+    drop(target);
+    Ok(AddOutcome::Published {
+        record,
+        signal,
+        waited,
+    })
+}
+
+/// Reads and checks the inputs in one transaction; `None` when
+/// `physical-device` already exists.
+pub fn read_inputs(
+    client: &mut Client,
+    backend: &BackendPath,
+) -> Result<Option<Inputs>, HotplugError> {
+    let paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let values = client.transaction(|tx| tx.read_many(&refs))?;
+    if values[0].is_some() {
+        return Ok(None);
+    }
+    let schema = |source: SchemaError| HotplugError::Schema {
+        backend: backend.dir(),
+        source,
+    };
+    let required = |i: usize| {
+        values[i].clone().ok_or_else(|| {
+            schema(SchemaError::Missing {
+                node: INPUT_NODES[i].to_owned(),
+            })
+        })
+    };
+    check_waiting(backend, values[4].as_deref())?;
+    let raw_params = required(1)?;
+    let params = schema::absolute_path(node::PARAMS, &raw_params).map_err(schema)?;
+    let raw_mode = required(2)?;
+    let mode = Mode::from_node(&raw_mode).map_err(schema)?;
+    let frontend_id = schema::domid(node::FRONTEND_ID, &required(3)?).map_err(schema)?;
+    if frontend_id != backend.frontend_domid() {
+        return Err(schema(SchemaError::Invalid {
+            node: node::FRONTEND_ID.into(),
+            value: frontend_id.to_string(),
+            reason: format!(
+                "does not match the backend path's frontend {}",
+                backend.frontend_domid()
+            ),
+        }));
+    }
+    Ok(Some(Inputs {
+        raw_params,
+        params,
+        raw_mode,
+        mode,
+        frontend_id,
+        direct_io: schema::flag(values[5].as_deref()),
+        has_opened_node: values[6].is_some(),
+    }))
+}
+
+/// The backend must still be waiting for a device: not closing, not gone.
+fn check_waiting(backend: &BackendPath, raw_state: Option<&[u8]>) -> Result<(), HotplugError> {
+    let not_waiting = |state: String| HotplugError::NotWaiting {
+        backend: backend.dir(),
+        state,
+    };
+    let raw = raw_state.ok_or_else(|| not_waiting("missing".into()))?;
+    let state = XenbusState::from_node(raw).map_err(|source| HotplugError::Schema {
+        backend: backend.dir(),
+        source,
+    })?;
+    match state {
+        XenbusState::Initialising
+        | XenbusState::InitWait
+        | XenbusState::Initialised
+        | XenbusState::Connected => Ok(()),
+        other => Err(not_waiting(format!("{} ({other:?})", other.as_u32()))),
+    }
+}
+
+/// What the host itself does with the device: mounts and loop devices bound
+/// to the same file. Gathered once, before the publishing transaction.
+#[derive(Debug, Default)]
+pub struct HostUsers {
+    /// Device instances that count as "the same disk": ours, its partitions
+    /// or parent disk, and other loop devices bound to the same file.
+    pub same_disk: HashMap<DevNum, DiskSeq>,
+    /// Host mounts of any of those.
+    pub mounts: Vec<Holder>,
+    /// Other loop devices bound to the same file (by number).
+    pub loops: Vec<(DevNum, Holder)>,
+}
+
+impl HostUsers {
+    fn gather(cfg: &Config, target: &Target) -> Result<Self, HotplugError> {
+        let id = target.id();
+        let mut users = HostUsers::default();
+        for dev in sharing::device_family(&cfg.sysfs_root, id.dev()) {
+            users.same_disk.insert(dev, id.seq);
+        }
+        if let Target::Loop { backing, .. } = target {
+            for info in diskseq::list_loops()? {
+                if info.backing == *backing && info.id != id {
+                    users.same_disk.insert(info.id.dev(), info.id.seq);
+                    users.loops.push((
+                        info.id.dev(),
+                        Holder::HostLoop {
+                            path: info.path.clone(),
+                            dev: info.id.dev(),
+                            writable: !info.read_only,
+                        },
+                    ));
+                }
+            }
+        }
+        let path = cfg.proc_root.join("self/mountinfo");
+        let text = std::fs::read_to_string(&path).map_err(|e| HotplugError::MountInfo {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let mounts = mountinfo::parse(&text).map_err(|e| HotplugError::MountInfo {
+            path,
+            detail: e.to_string(),
+        })?;
+        users.mounts = mounts
+            .into_iter()
+            .filter(|m| users.same_disk.contains_key(&m.dev))
+            .map(|m| Holder::HostMount {
+                dev: m.dev,
+                mount_point: m.mount_point,
+                writable: m.writable,
+            })
+            .collect();
+        Ok(users)
+    }
+}
+
+/// Our own nodes re-read at publish time, before the other vbds' records.
+const RECHECK_NODES: [&str; 4] = [node::PHYSICAL_DEVICE, node::PARAMS, node::MODE, node::STATE];
+/// Per other vbd: what the sharing check reads.
+const OTHER_NODES: [&str; 3] = [node::PHYSICAL_DEVICE, node::DISKSEQ, node::MODE];
+
+/// The publishing transaction; `false` when another run published first.
+fn publish(
+    client: &mut Client,
+    backend: &BackendPath,
+    inputs: &Inputs,
+    target: &Target,
+    host: &HostUsers,
+    log: &mut Log,
+) -> Result<bool, HotplugError> {
+    let record = target.record();
+    let mut nodes = record.to_nodes();
+    nodes.push((node::HOTPLUG_STATUS, b"connected".to_vec()));
+    let writes: Vec<(String, Vec<u8>)> = nodes
+        .into_iter()
+        .map(|(n, v)| (backend.node(n), v))
+        .collect();
+    let mut skipped = Vec::new();
+    let result = client.transaction(|tx| -> Result<bool, HotplugError> {
+        skipped.clear();
+        let others = if inputs.mode.sharing_waived() {
+            Vec::new()
+        } else {
+            other_vbds(tx, backend)?
+        };
+        let mut paths: Vec<String> = RECHECK_NODES.iter().map(|n| backend.node(n)).collect();
+        for other in &others {
+            paths.extend(OTHER_NODES.iter().map(|n| format!("{}/{n}", other.dir())));
+        }
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let values = tx.read_many(&refs)?;
+        if values[0].is_some() {
+            return Ok(false);
+        }
+        let changed = |node| HotplugError::InputsChanged {
+            backend: backend.dir(),
+            node,
+        };
+        if values[1].as_deref() != Some(&inputs.raw_params[..]) {
+            return Err(changed(node::PARAMS));
+        }
+        if values[2].as_deref() != Some(&inputs.raw_mode[..]) {
+            return Err(changed(node::MODE));
+        }
+        check_waiting(backend, values[3].as_deref())?;
+
+        if !inputs.mode.sharing_waived() {
+            let mut holders = host.mounts.clone();
+            let mut vbd_devs = Vec::new();
+            for (other, vals) in others
+                .iter()
+                .zip(values[RECHECK_NODES.len()..].chunks(OTHER_NODES.len()))
+            {
+                match vbd_holder(tx, other, vals, inputs, host) {
+                    Ok(Some((dev, holder))) => {
+                        vbd_devs.push(dev);
+                        holders.push(holder);
+                    }
+                    Ok(None) => {}
+                    Err(reason) => skipped.push(format!("{other}: {reason}")),
+                }
+            }
+            // A loop device that some vbd publishes is that vbd's, and the
+            // same-VM exemption applies to it; the rest are the host's.
+            holders.extend(
+                host.loops
+                    .iter()
+                    .filter(|(dev, _)| !vbd_devs.contains(dev))
+                    .map(|(_, h)| h.clone()),
+            );
+            sharing::check(&inputs.params, inputs.mode, &holders)?;
+        }
+        fault::point("before-publish");
+        let items: Vec<(&str, &[u8])> = writes
+            .iter()
+            .map(|(p, v)| (p.as_str(), v.as_slice()))
+            .collect();
+        tx.write_many(&items)?;
+        Ok(true)
+    });
+    for line in &skipped {
+        log.line(format_args!(
+            "add: sharing check skipped unreadable record {line}"
+        ));
+    }
+    result
+}
+
+/// Every vbd backend directory in this backend domain except ours.
+fn other_vbds(
+    tx: &mut Transaction<'_>,
+    backend: &BackendPath,
+) -> Result<Vec<BackendPath>, HotplugError> {
+    let frontends_dir = backend.frontend_dir();
+    let root = frontends_dir
+        .rsplit_once('/')
+        .map_or(frontends_dir.as_str(), |(root, _)| root)
+        .to_owned();
+    let mut others = Vec::new();
+    for fe in list(tx, &root)? {
+        let Ok(fe_domid) = fe.parse::<u32>() else {
+            continue;
+        };
+        for devid in list(tx, &format!("{root}/{fe}"))? {
+            let Ok(devid) = devid.parse::<u32>() else {
+                continue;
+            };
+            let other = match backend.backend_domid() {
+                Some(be) => BackendPath::new_absolute(be, fe_domid, devid),
+                None => BackendPath::new(fe_domid, devid),
+            };
+            if other != *backend {
+                others.push(other);
+            }
+        }
+    }
+    Ok(others)
+}
+
+/// A directory's children; a directory that vanished has none.
+fn list(tx: &mut Transaction<'_>, path: &str) -> Result<Vec<String>, HotplugError> {
+    match tx.directory(path) {
+        Ok(children) => Ok(children),
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether another vbd's record names our disk (the same instance: a record
+/// whose diskseq differs is about a disk that no longer exists), and if so
+/// as which holder. `Err` explains a record that cannot be read.
+fn vbd_holder(
+    tx: &mut Transaction<'_>,
+    other: &BackendPath,
+    values: &[Option<Vec<u8>>],
+    inputs: &Inputs,
+    host: &HostUsers,
+) -> Result<Option<(DevNum, Holder)>, String> {
+    let Some(raw_dev) = values[0].as_deref() else {
+        return Ok(None);
+    };
+    let dev = std::str::from_utf8(raw_dev)
+        .ok()
+        .and_then(|s| DevNum::parse_xenstore(s).ok())
+        .ok_or_else(|| {
+            format!(
+                "physical-device {:?} is malformed",
+                String::from_utf8_lossy(raw_dev)
+            )
+        })?;
+    let Some(live_seq) = host.same_disk.get(&dev) else {
+        return Ok(None);
+    };
+    if let Some(raw_seq) = values[1].as_deref() {
+        let seq = std::str::from_utf8(raw_seq)
+            .ok()
+            .and_then(|s| DiskSeq::parse_xenstore(s).ok())
+            .ok_or_else(|| {
+                format!(
+                    "diskseq {:?} is malformed",
+                    String::from_utf8_lossy(raw_seq)
+                )
+            })?;
+        if seq != *live_seq {
+            return Ok(None);
+        }
+    }
+    // An unreadable mode counts as writable: fail closed.
+    let writable = values[2]
+        .as_deref()
+        .and_then(|m| Mode::from_node(m).ok())
+        .is_none_or(Mode::is_writable);
+    let same_vm = if other.frontend_domid() == inputs.frontend_id {
+        true
+    } else {
+        let ours = vm_identity(tx, inputs.frontend_id).map_err(|e| e.to_string())?;
+        let theirs = vm_identity(tx, other.frontend_domid()).map_err(|e| e.to_string())?;
+        sharing::same_vm(&ours, &theirs)
+    };
+    Ok(Some((
+        dev,
+        Holder::Vbd {
+            backend: other.dir(),
+            frontend_domid: other.frontend_domid(),
+            writable,
+            same_vm,
+        },
+    )))
+}
+
+/// `/local/domain/<d>/vm`, and the `vm` of its `target` (stub domains).
+fn vm_identity(
+    tx: &mut Transaction<'_>,
+    domid: u32,
+) -> Result<VmIdentity, xenstore::client::Error> {
+    let home = format!("/local/domain/{domid}");
+    let values = tx.read_many(&[&format!("{home}/vm"), &format!("{home}/target")])?;
+    let text = |v: &Option<Vec<u8>>| {
+        v.as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let target_vm = match text(&values[1]).and_then(|t| t.trim().parse::<u32>().ok()) {
+        Some(target) => tx
+            .read_opt(&format!("/local/domain/{target}/vm"))?
+            .and_then(|v| Some(String::from_utf8_lossy(&v).into_owned()).filter(|s| !s.is_empty())),
+        None => None,
+    };
+    Ok(VmIdentity {
+        domid,
+        vm: text(&values[0]),
+        target_vm,
+    })
+}

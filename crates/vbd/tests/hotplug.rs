@@ -1,0 +1,462 @@
+//! `block-diskseq add|remove` run as libxl runs it, against real loop
+//! devices and a private xenstored: publishing, double add, remove, bad
+//! inputs, and the number of xenstore round trips.
+
+mod hotplug_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
+
+use diskseq::{DevNum, DiskSeq, LoopOptions};
+use hotplug_support::*;
+use vbd::schema::node;
+
+script_entry!();
+
+/// Reads the published record and checks its formats.
+fn published(bed: &Bed, backend: &vbd::schema::BackendPath) -> (DevNum, DiskSeq, String) {
+    let pd = bed
+        .read(backend, node::PHYSICAL_DEVICE)
+        .expect("physical-device");
+    let seq = bed.read(backend, node::DISKSEQ).expect("diskseq");
+    let path = bed
+        .read(backend, node::PHYSICAL_DEVICE_PATH)
+        .expect("physical-device-path");
+    assert_eq!(
+        pd,
+        pd.to_lowercase(),
+        "physical-device must be lower-case hex"
+    );
+    assert_eq!(seq, seq.to_lowercase(), "diskseq must be lower-case hex");
+    (
+        DevNum::parse_xenstore(&pd).unwrap(),
+        DiskSeq::parse_xenstore(&seq).unwrap(),
+        path,
+    )
+}
+
+#[test]
+fn file_rw_add_publishes_a_persistent_loop_and_remove_detaches_it() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("disk.img", 8);
+    let backend = bed.libxl_add(5, 51712, image.path_bytes(), "w");
+    bed.run("add", &backend, &[]).assert_ok();
+
+    let (dev, seq, path) = published(&bed, &backend);
+    let loops = image.loops();
+    assert_eq!(loops.len(), 1, "{loops:?}");
+    let info = &loops[0];
+    assert_eq!((info.id.dev(), info.id.seq), (dev, seq));
+    assert_eq!(path, info.path.display().to_string());
+    assert_eq!(bed.read(&backend, node::NODE), Some(path.clone()));
+    assert_eq!(
+        bed.read(&backend, node::HOTPLUG_STATUS).as_deref(),
+        Some("connected")
+    );
+    assert!(!info.read_only, "mode w must give a writable loop device");
+    // No backend signal here: the device must outlive the script.
+    assert!(!info.autoclear);
+    let log = bed.log_text();
+    assert!(
+        log.contains("backend/vbd/5/51712: ") && log.contains("published physical-device"),
+        "{log}"
+    );
+
+    bed.run("remove", &backend, &[]).assert_ok();
+    assert_no_loops(&image);
+    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
+    assert_eq!(bed.read(&backend, node::DISKSEQ), None);
+    // A second remove finds no record: fine.
+    bed.run("remove", &backend, &[]).assert_ok();
+}
+
+#[test]
+fn file_r_add_gives_a_read_only_loop() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("ro.img", 4);
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "r");
+    bed.run("add", &backend, &[]).assert_ok();
+    let loops = image.loops();
+    assert_eq!(loops.len(), 1);
+    assert!(loops[0].read_only);
+    bed.run("remove", &backend, &[]).assert_ok();
+    assert_no_loops(&image);
+}
+
+#[test]
+fn direct_io_only_when_the_backend_says_it_is_safe() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("dio.img", 4);
+    let backend = bed.libxl_add_with(
+        5,
+        768,
+        image.path_bytes(),
+        "w",
+        &[(node::DIRECT_IO_SAFE, "1")],
+    );
+    bed.run("add", &backend, &[]).assert_ok();
+    assert!(image.loops()[0].direct_io);
+    bed.run("remove", &backend, &[]).assert_ok();
+    let plain = bed.libxl_add(6, 768, image.path_bytes(), "w");
+    bed.run("add", &plain, &[]).assert_ok();
+    assert!(!image.loops()[0].direct_io);
+    bed.run("remove", &plain, &[]).assert_ok();
+    assert_no_loops(&image);
+}
+
+#[test]
+fn block_device_targets_are_used_as_is_and_never_detached() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("blk.img", 4);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image.path)
+        .unwrap();
+    let held = attach_loop(
+        std::os::fd::AsFd::as_fd(&file),
+        &LoopOptions {
+            autoclear: true,
+            ..LoopOptions::default()
+        },
+    );
+    let params = held.path().display().to_string();
+    for (fe, mode) in [(5, "r"), (6, "w")] {
+        let backend = bed.libxl_add(fe, 768, params.as_bytes(), mode);
+        bed.run("add", &backend, &[]).assert_ok();
+        let (dev, seq, path) = published(&bed, &backend);
+        assert_eq!((dev, seq), (held.id().dev(), held.id().seq));
+        assert_eq!(path, params);
+        assert_eq!(
+            bed.read(&backend, node::NODE),
+            None,
+            "node is only for loops the script made"
+        );
+        bed.run("remove", &backend, &[]).assert_ok();
+        assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
+        assert_eq!(
+            held.block_device().current_seq().unwrap(),
+            held.id().seq,
+            "user's device left alone"
+        );
+        // r then w on the same device: the r vbd is gone by now.
+    }
+    assert_eq!(image.loops().len(), 1);
+    drop(held);
+    assert_no_loops(&image);
+}
+
+#[test]
+fn double_add_is_a_no_op() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("twice.img", 4);
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    bed.run("add", &backend, &[]).assert_ok();
+    let first = published(&bed, &backend);
+    bed.run("add", &backend, &[]).assert_ok();
+    assert_eq!(published(&bed, &backend), first);
+    assert_eq!(
+        image.loops().len(),
+        1,
+        "the second add must not attach again"
+    );
+    assert!(bed.log_text().contains("already present"));
+    bed.run("remove", &backend, &[]).assert_ok();
+    assert_no_loops(&image);
+}
+
+#[test]
+fn read_only_file_with_mode_w_is_busy() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("locked.img", 4);
+    std::fs::set_permissions(&image.path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    bed.run("add", &backend, &[]).assert_failed();
+    assert_eq!(
+        bed.read(&backend, node::HOTPLUG_STATUS).as_deref(),
+        Some("busy")
+    );
+    let err = bed.read(&backend, node::HOTPLUG_ERROR).unwrap();
+    assert!(err.contains("locked.img is read-only"), "{err}");
+    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
+    assert_no_loops(&image);
+    // Read-only use of the same file is fine.
+    let ro = bed.libxl_add(6, 768, image.path_bytes(), "r");
+    bed.run("add", &ro, &[]).assert_ok();
+    bed.run("remove", &ro, &[]).assert_ok();
+    assert_no_loops(&image);
+}
+
+/// Every malformed input fails with exit 1, `hotplug-status` = error, an
+/// error naming the problem, and no device left attached.
+#[test]
+fn bad_inputs_fail_with_a_named_error_and_leave_nothing() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("good.img", 4);
+    let dir = bed.dir.path().join("a-directory");
+    std::fs::create_dir(&dir).unwrap();
+    let fifo = bed.dir.path().join("a-fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let missing = bed.dir.path().join("missing.img");
+    let img = image.path.display().to_string();
+    let mut nul = image.path_bytes().to_vec();
+    nul.extend_from_slice(b"\0x");
+
+    // (name, params, mode, nodes to delete, expected error text)
+    type Case<'a> = (&'a str, Vec<u8>, &'a str, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
+        // (name, params, mode, nodes to delete, expected error text)
+        (
+            "relative",
+            b"disk.img".to_vec(),
+            "w",
+            vec![],
+            "params: invalid value \"disk.img\": path is not absolute",
+        ),
+        (
+            "missing file",
+            missing.display().to_string().into_bytes(),
+            "w",
+            vec![],
+            "missing.img: does not exist",
+        ),
+        (
+            "empty",
+            Vec::new(),
+            "w",
+            vec![],
+            "params: invalid value \"\": empty path",
+        ),
+        ("NUL", nul, "w", vec![], "path contains a NUL byte"),
+        (
+            "directory",
+            dir.display().to_string().into_bytes(),
+            "r",
+            vec![],
+            "is a directory",
+        ),
+        (
+            "char device",
+            b"/dev/null".to_vec(),
+            "r",
+            vec![],
+            "/dev/null: is a character device",
+        ),
+        (
+            "fifo",
+            fifo.display().to_string().into_bytes(),
+            "r",
+            vec![],
+            "is a FIFO",
+        ),
+        (
+            "unknown mode",
+            img.clone().into_bytes(),
+            "rw-",
+            vec![],
+            "mode: invalid value \"rw-\"",
+        ),
+        (
+            "no params",
+            img.clone().into_bytes(),
+            "w",
+            vec![node::PARAMS],
+            "params: missing",
+        ),
+        (
+            "no mode",
+            img.clone().into_bytes(),
+            "w",
+            vec![node::MODE],
+            "mode: missing",
+        ),
+        (
+            "no frontend-id",
+            img.clone().into_bytes(),
+            "w",
+            vec![node::FRONTEND_ID],
+            "frontend-id: missing",
+        ),
+        (
+            "no state",
+            img.clone().into_bytes(),
+            "w",
+            vec![node::STATE],
+            "backend state is missing",
+        ),
+    ];
+    for (i, (name, params, mode, delete, expected)) in cases.into_iter().enumerate() {
+        let backend = bed.libxl_add(10 + i as u32, 768, &params, mode);
+        for n in delete {
+            bed.rm(&backend, n);
+        }
+        let run = bed.run("add", &backend, &[]);
+        assert_eq!(run.code, Some(1), "{name}: {run:?}");
+        if bed.read(&backend, node::STATE).is_some() {
+            assert_eq!(
+                bed.read(&backend, node::HOTPLUG_STATUS).as_deref(),
+                Some("error"),
+                "{name}"
+            );
+            let err = bed.read(&backend, node::HOTPLUG_ERROR).unwrap_or_default();
+            assert!(
+                err.contains(expected),
+                "{name}: hotplug-error {err:?} lacks {expected:?}"
+            );
+        } else {
+            // The directory is going away: nothing is written into it.
+            assert!(
+                bed.log_text().contains(expected),
+                "{name}: log lacks {expected:?}"
+            );
+        }
+        assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None, "{name}");
+        assert!(image.loops().is_empty(), "{name}: loop left attached");
+    }
+    // A backend already closing is not given a device.
+    let closing = bed.libxl_add(40, 768, image.path_bytes(), "w");
+    bed.write(&closing, node::STATE, "5");
+    bed.run("add", &closing, &[]).assert_failed();
+    assert!(bed
+        .read(&closing, node::HOTPLUG_ERROR)
+        .unwrap()
+        .contains("backend state is 5"));
+    assert_no_loops(&image);
+}
+
+#[test]
+fn bad_environment_fails_and_reports() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("env.img", 4);
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    let run = bed.run("add", &backend, &[("BLOCK_DISKSEQ_HANDOFF", "sometimes")]);
+    run.assert_failed();
+    assert!(
+        run.stderr.contains("BLOCK_DISKSEQ_HANDOFF=\"sometimes\""),
+        "{run:?}"
+    );
+    assert_eq!(
+        bed.read(&backend, node::HOTPLUG_STATUS).as_deref(),
+        Some("error")
+    );
+    let run = bed.run("frobnicate", &backend, &[]);
+    run.assert_failed();
+    assert!(run.stderr.contains("unknown command"), "{run:?}");
+    assert_no_loops(&image);
+}
+
+/// Malformed records written by someone else: `remove` refuses to guess.
+#[test]
+fn remove_refuses_malformed_or_unprovable_records() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("rec.img", 4);
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[
+                (node::PHYSICAL_DEVICE, "7:zz"),
+                (node::PHYSICAL_DEVICE_PATH, "/dev/loop0"),
+            ],
+            "physical-device: invalid value",
+        ),
+        (
+            &[(node::PHYSICAL_DEVICE, "7:0")],
+            "physical-device-path: missing",
+        ),
+        (
+            &[
+                (node::PHYSICAL_DEVICE, "7:0"),
+                (node::PHYSICAL_DEVICE_PATH, "/dev/loop0"),
+                (node::DISKSEQ, "00"),
+            ],
+            "diskseq: invalid value",
+        ),
+        // The stock script's record: a loop by name, no diskseq.
+        (
+            &[
+                (node::PHYSICAL_DEVICE, "7:0"),
+                (node::PHYSICAL_DEVICE_PATH, "/dev/loop0"),
+                (node::NODE, "/dev/loop0"),
+            ],
+            "has no diskseq",
+        ),
+    ];
+    for (i, (nodes, expected)) in cases.into_iter().enumerate() {
+        let backend = bed.libxl_add(20 + i as u32, 768, image.path_bytes(), "w");
+        for (n, v) in nodes {
+            bed.write(&backend, n, v);
+        }
+        bed.run("remove", &backend, &[]).assert_failed();
+        assert!(
+            bed.log_text().contains(expected),
+            "case {i}: log lacks {expected:?}"
+        );
+        assert!(
+            bed.read(&backend, node::PHYSICAL_DEVICE).is_some(),
+            "case {i}: record must stay"
+        );
+    }
+}
+
+/// add reads its inputs in one pipelined transaction and publishes in a
+/// second; the count is pinned so it cannot silently regress.
+#[test]
+fn add_and_remove_round_trips_are_pinned() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let counter = RoundTripCounter::start(&bed);
+    let image = bed.image("rt.img", 4);
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    let via_counter = [("XENSTORED_PATH", counter.socket.to_str().unwrap())];
+    bed.run("add", &backend, &via_counter).assert_ok();
+    let add_trips = counter.round_trips.swap(0, Ordering::SeqCst);
+    let add_requests = counter.requests.swap(0, Ordering::SeqCst);
+    // Inputs: START, one batch of reads, END. Publish: START, list the vbd
+    // root, list this frontend's vbds, one batch of reads, one batch of
+    // writes, END.
+    assert_eq!(
+        add_trips,
+        3 + 6,
+        "add round trips ({add_requests} requests)"
+    );
+    bed.run("remove", &backend, &via_counter).assert_ok();
+    let remove_trips = counter.round_trips.swap(0, Ordering::SeqCst);
+    // Read: START, batch, END. Withdraw: START, batch, RM, RM, END.
+    assert_eq!(remove_trips, 3 + 5, "remove round trips");
+    assert_no_loops(&image);
+}
