@@ -195,8 +195,8 @@ fn malformed_domain_requests() {
     let mut raw = bed.raw();
     for (t, payload) in [
         (MsgType::Introduce, &b"5\0"[..]),
-        (MsgType::Introduce, b"x\01\01\0"),
-        (MsgType::Introduce, b"5\01\00\0"),
+        (MsgType::Introduce, b"x\x001\x001\x00"),
+        (MsgType::Introduce, b"5\x001\x000\x00"),
         (MsgType::Release, b"five\0"),
         (MsgType::GetDomainPath, b"\0"),
         (MsgType::GetDomainPath, b"-1\0"),
