@@ -152,6 +152,8 @@ pub struct Toolstack {
     xenstored: Option<PathBuf>,
     /// libxl's timeouts (tests shorten them).
     pub timeouts: Timeouts,
+    /// Where scripts' output goes; `None`: our stderr, as libxl does.
+    pub script_log: Option<PathBuf>,
 }
 
 impl Toolstack {
@@ -161,6 +163,7 @@ impl Toolstack {
         Toolstack {
             xenstored: socket,
             timeouts: Timeouts::default(),
+            script_log: None,
         }
     }
 
@@ -342,6 +345,7 @@ impl Toolstack {
             backend,
             xenstored: self.xenstored.as_deref(),
             timeout: self.timeouts.hotplug,
+            log: self.script_log.as_deref(),
         })
         .map_err(|source| ToolstackError::Spawn {
             script: script.to_owned(),

@@ -91,6 +91,9 @@ pub struct ScriptRun<'a> {
     pub xenstored: Option<&'a Path>,
     /// Kill after this long.
     pub timeout: Duration,
+    /// Append the script's stdout and stderr to this file instead of
+    /// passing them to our stderr (the demo keeps its output readable so).
+    pub log: Option<&'a Path>,
 }
 
 /// Runs the script to completion (or to the timeout).
@@ -102,7 +105,20 @@ pub fn run(run: &ScriptRun<'_>) -> io::Result<ScriptOutcome> {
             format!("{} {}: {e}", run.script.display(), run.action.as_str()),
         )
     };
-    let stdout = io::stderr().as_fd().try_clone_to_owned().map_err(context)?;
+    let (stdout, stderr) = match run.log {
+        Some(log) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log.display())))?;
+            (Stdio::from(file.try_clone()?), Stdio::from(file))
+        }
+        None => (
+            Stdio::from(io::stderr().as_fd().try_clone_to_owned().map_err(context)?),
+            Stdio::inherit(),
+        ),
+    };
     let mut command = Command::new(run.script);
     command
         .arg(run.action.as_str())
@@ -111,7 +127,8 @@ pub fn run(run: &ScriptRun<'_>) -> io::Result<ScriptOutcome> {
         .env("XENBUS_PATH", run.backend.relative())
         .env("XENBUS_BASE_PATH", "backend")
         .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout));
+        .stdout(stdout)
+        .stderr(stderr);
     if let Some(socket) = run.xenstored {
         command.env("XENSTORED_PATH", socket);
     }

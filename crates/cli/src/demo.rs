@@ -1,0 +1,78 @@
+//! `diskseq demo`: the project's main job. Runs the whole handoff on this
+//! host (no Xen needed) and reproduces the race the diskseq check closes;
+//! `vbd::demo` does the work, this module only prints it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use vbd::demo::{DemoOptions, DemoReport, Narration};
+
+use crate::exit::{CmdResult, Failure};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Print a JSON summary instead of the narration.
+    #[arg(long)]
+    json: bool,
+    /// Hotplug script to attach with (default: block-diskseq next to this
+    /// executable).
+    #[arg(long, value_name = "PATH")]
+    script: Option<PathBuf>,
+}
+
+pub fn run(args: DemoArgs) -> CmdResult {
+    let options = DemoOptions {
+        script: args.script,
+    };
+    let json = args.json;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        let _ = writeln!(
+            out,
+            "diskseq demo: handing a block device to a Xen guest, race-free, on this host (no Xen)\n"
+        );
+    }
+    let mut narrate = |line: Narration| {
+        if json {
+            return;
+        }
+        let _ = match line {
+            Narration::Step { number, of, title } => writeln!(out, "[{number}/{of}] {title}"),
+            Narration::Detail(text) => writeln!(out, "      {text}"),
+        };
+    };
+    let report =
+        vbd::demo::run(&options, &mut narrate).map_err(|e| Failure::Error(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::Error(format!("encoding the summary: {e}")))?;
+        let _ = writeln!(out, "{text}");
+    } else {
+        let _ = writeln!(out, "\n{}", verdict(&report));
+    }
+    if report.ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure::Error(
+            "the demo's expectations did not hold (see above)".into(),
+        ))
+    }
+}
+
+fn verdict(report: &DemoReport) -> String {
+    if report.ok {
+        format!(
+            "OK: the backend with the diskseq check refused the reused device number {} \
+             (diskseq {} published, {} found);\n    without the check, guest 2 was served image B. \
+             Nothing is left attached.",
+            report.race_checked.published.dev,
+            report.race_checked.published.diskseq,
+            report.race_checked.swapped_in.diskseq
+        )
+    } else {
+        "FAILED: see the steps above (or run with --json for details)".into()
+    }
+}

@@ -1,0 +1,208 @@
+//! `diskseq backend`, `diskseq attach`, `diskseq detach`: the backend model
+//! in the foreground, and libxl's attach/detach of a disk. The work is in
+//! `vbd::backend` and `vbd::toolstack`; this module parses and prints.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use clap::Args;
+use vbd::backend::{Backend, BackendConfig, DiskseqPolicy, OpenMethod};
+use vbd::schema::Mode;
+use vbd::toolstack::{DeviceType, DiskSpec, Toolstack, ToolstackError, Vdev};
+use xenstore::Client;
+
+use crate::exit::{CmdResult, Failure};
+
+/// Where the xenstore daemon is (shared by the three commands).
+#[derive(Args)]
+pub struct SocketArg {
+    /// Daemon socket; default: $XENSTORED_PATH, $XENSTORED_RUNDIR/socket,
+    /// /var/run/xenstored/socket, then /dev/xen/xenbus (as libxenstore).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    fn connect(&self) -> Result<Client, Failure> {
+        match &self.socket {
+            Some(path) => Client::connect_socket(path),
+            None => Client::connect(),
+        }
+        .map_err(|e| Failure::Error(format!("connecting to xenstore: {e}")))
+    }
+}
+
+#[derive(Args)]
+pub struct BackendArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// The backend domain whose `backend/vbd` is served.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    domid: u32,
+    /// Refuse records without a `diskseq` node (legacy scripts).
+    #[arg(long)]
+    require_diskseq: bool,
+    /// Open the device by its sequence number, then check the device number.
+    #[arg(long)]
+    open_by_diskseq: bool,
+}
+
+/// Runs the backend until killed (SIGTERM/SIGINT end it; its fds close with
+/// it and xenstore keeps the state a restarted backend resumes from).
+pub fn backend(args: BackendArgs) -> CmdResult {
+    let client = args.socket.connect()?;
+    let mut config = BackendConfig::new(args.domid);
+    if args.require_diskseq {
+        config.policy = DiskseqPolicy::Require;
+    }
+    if args.open_by_diskseq {
+        config.open_method = OpenMethod::ByDiskseq;
+    }
+    let never = AtomicBool::new(false);
+    Backend::new(client, config)
+        .run(&never)
+        .map_err(|e| Failure::Error(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// The guest domain.
+    #[arg(long, value_name = "N")]
+    domain: u32,
+    /// The guest's device: xvda, sdb, hdc, or a device id such as 51712.
+    #[arg(long)]
+    vdev: Vdev,
+    /// A block device or a regular file.
+    #[arg(long, value_name = "PATH")]
+    target: PathBuf,
+    /// r (read-only) or w (read-write); w! waives the sharing check.
+    #[arg(long, default_value = "w")]
+    mode: Mode,
+    /// Attach as a cdrom.
+    #[arg(long)]
+    cdrom: bool,
+    /// Hotplug script (default: block-diskseq next to this executable).
+    #[arg(long, value_name = "PATH")]
+    script: Option<PathBuf>,
+    /// The domain running the backend.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    backend_domain: u32,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn attach(args: AttachArgs) -> CmdResult {
+    let script = match args.script {
+        Some(script) => script,
+        None => vbd::toolstack::script::default_script()
+            .map_err(|e| Failure::Error(format!("locating block-diskseq: {e}")))?,
+    };
+    let spec = DiskSpec {
+        frontend_domid: args.domain,
+        backend_domid: args.backend_domain,
+        vdev: args.vdev,
+        target: args.target,
+        mode: args.mode,
+        device_type: if args.cdrom {
+            DeviceType::Cdrom
+        } else {
+            DeviceType::Disk
+        },
+        script,
+        discard_enable: true,
+    };
+    let toolstack = Toolstack::new(args.socket.socket);
+    match toolstack.attach(&spec) {
+        Ok(report) => {
+            if args.json {
+                print_json(&serde_json::json!({ "ok": true, "attach": report }))?;
+            } else {
+                println!(
+                    "attached {} to domain {} as {} ({}): physical-device {}, diskseq {}",
+                    spec.target.display(),
+                    spec.frontend_domid,
+                    report.vdev,
+                    report.devid,
+                    report.physical_device.as_deref().unwrap_or("-"),
+                    report.diskseq.as_deref().unwrap_or("-"),
+                );
+                println!("backend {}", report.backend);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if args.json {
+                let hotplug_error = match &e {
+                    ToolstackError::Hotplug { hotplug_error, .. } => hotplug_error.clone(),
+                    _ => None,
+                };
+                print_json(&serde_json::json!({
+                    "ok": false,
+                    "error": e.to_string(),
+                    "hotplug_error": hotplug_error,
+                }))?;
+            }
+            Err(Failure::Error(e.to_string()))
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct DetachArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// The guest domain.
+    #[arg(long, value_name = "N")]
+    domain: u32,
+    /// The guest's device: xvda, ..., or a device id.
+    #[arg(long)]
+    vdev: Vdev,
+    /// The domain running the backend.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    backend_domain: u32,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn detach(args: DetachArgs) -> CmdResult {
+    let toolstack = Toolstack::new(args.socket.socket);
+    let report = toolstack
+        .detach(args.domain, &args.vdev, args.backend_domain)
+        .map_err(|e| Failure::Error(e.to_string()))?;
+    if args.json {
+        print_json(&serde_json::json!({ "ok": true, "detach": report }))?;
+    } else if !report.backend_was_present {
+        println!("{}: no backend; removed the frontend only", report.backend);
+    } else {
+        println!(
+            "detached domain {} {}: {}{}",
+            args.domain,
+            args.vdev,
+            if report.closed {
+                "backend Closed"
+            } else {
+                "backend did not close in time; removed anyway"
+            },
+            report
+                .script
+                .as_ref()
+                .map(|s| format!(", script remove: {}", s.describe()))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(value: &serde_json::Value) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Error(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    Ok(())
+}

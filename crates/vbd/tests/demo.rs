@@ -1,0 +1,130 @@
+//! The main job, end to end: `vbd::demo::run` as a library, and the
+//! `diskseq demo --json` command line built from it.
+
+mod backend_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use backend_support::can_run;
+use vbd::demo::{DemoOptions, Narration};
+
+/// A binary of the workspace, built next to this test's target directory.
+fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build -p diskseq-cli` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_demo_shows_the_refusal_and_the_wrong_disk_and_leaves_nothing() {
+    if !can_run("the_demo_shows_the_refusal_and_the_wrong_disk_and_leaves_nothing") {
+        return;
+    }
+    let options = DemoOptions {
+        script: Some(workspace_binary("block-diskseq")),
+    };
+    let mut steps = Vec::new();
+    let mut details = Vec::new();
+    let report = vbd::demo::run(&options, &mut |line| match line {
+        Narration::Step { number, of, title } => steps.push((number, of, title)),
+        Narration::Detail(text) => details.push(text),
+    })
+    .expect("demo runs");
+    assert!(report.ok, "{report:#?}");
+    assert_eq!(steps.len(), 6);
+    assert!(steps
+        .iter()
+        .enumerate()
+        .all(|(i, (n, of, _))| *n == i + 1 && *of == 6));
+
+    // Step 3: the backend holds image A, by inode, and reads it.
+    assert!(report.attach.backing_is_image_a);
+    assert!(report.attach.first_bytes.starts_with("image A"));
+    let published = report
+        .attach
+        .attach
+        .diskseq
+        .as_deref()
+        .expect("diskseq published");
+    assert_eq!(
+        u64::from_str_radix(published, 16).unwrap(),
+        report.attach.held.diskseq
+    );
+
+    // Step 4: same minor, another instance, refused with ENODEV.
+    let race = &report.race_checked;
+    assert_eq!(race.published.dev, race.swapped_in.dev);
+    assert!(race.swapped_in.diskseq > race.published.diskseq);
+    assert!(race
+        .error_node
+        .as_deref()
+        .unwrap()
+        .starts_with("19 creating vbd structure"));
+    assert!(race.states_seen.contains(&5), "{:?}", race.states_seen);
+    assert!(!race.connected && race.served.is_none());
+
+    // Step 5: without the check the guest is served image B.
+    let legacy = &report.race_legacy;
+    assert_eq!(legacy.published.dev, legacy.swapped_in.dev);
+    assert!(legacy.connected && legacy.error_node.is_none());
+    assert!(legacy.served.as_deref().unwrap().starts_with("image B"));
+
+    // Step 6: nothing of the demo's is left.
+    assert!(report.loops_left.is_empty());
+    assert!(
+        details.iter().any(|d| d.contains("REFUSED")),
+        "{details:#?}"
+    );
+    assert!(!report.hotplug_log.is_empty(), "script output captured");
+}
+
+#[test]
+fn diskseq_demo_json_is_a_machine_summary() {
+    if !can_run("diskseq_demo_json_is_a_machine_summary") {
+        return;
+    }
+    let output = Command::new(workspace_binary("diskseq"))
+        .args(["demo", "--json"])
+        .output()
+        .expect("run diskseq demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout).expect("stdout is one JSON document");
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["race_checked"]["connected"], false);
+    assert!(json["race_checked"]["error_node"]
+        .as_str()
+        .unwrap()
+        .starts_with("19 "));
+    assert_eq!(json["race_legacy"]["connected"], true);
+    assert_eq!(json["loops_left"].as_array().unwrap().len(), 0);
+
+    // And the human form, with the verdict last.
+    let output = Command::new(workspace_binary("diskseq"))
+        .arg("demo")
+        .output()
+        .expect("run diskseq demo");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("[6/6]") && text.contains("REFUSED"), "{text}");
+    assert!(
+        text.trim_end().lines().rev().any(|l| l.starts_with("OK:")),
+        "{text}"
+    );
+}
