@@ -43,7 +43,8 @@ pub struct WatchEvent {
     pub token: String,
 }
 
-/// One connection to a xenstore daemon. Blocking; `Send`, not shared.
+/// One connection to a xenstore daemon. Blocking; `Send`, not shared: give
+/// each thread its own connection.
 #[derive(Debug)]
 pub struct Client {
     conn: Connection,
@@ -77,7 +78,7 @@ impl Client {
         for path in &candidates {
             match Self::connect_path(path) {
                 Ok(client) => return Ok(client),
-                Err(e) => failures.push(format!("{}: {e}", path.display())),
+                Err(e) => failures.push(format!("{}: {}", path.display(), e.kind())),
             }
         }
         Err(Error::new(
@@ -91,15 +92,18 @@ impl Client {
     }
 
     /// Connects to `path` as a socket when it is one, else opens it as a
-    /// device.
-    pub fn connect_path(path: &Path) -> io::Result<Client> {
+    /// device — libxenstore's rule for every candidate path.
+    pub fn connect_path(path: &Path) -> Result<Client> {
         use std::os::unix::fs::FileTypeExt;
-        let conn = if std::fs::metadata(path)?.file_type().is_socket() {
-            Connection::socket(path)?
+        let is_socket = std::fs::metadata(path)
+            .map_err(|e| Error::new("connect", Some(&path.display().to_string()), e))?
+            .file_type()
+            .is_socket();
+        if is_socket {
+            Self::connect_socket(path)
         } else {
-            Connection::device(path)?
-        };
-        Ok(Self::over(conn))
+            Self::open_device(path)
+        }
     }
 
     /// Connects to the daemon's Unix socket at `path`.
@@ -329,8 +333,10 @@ impl Client {
 
     /// Runs `f` in a transaction and commits it. When the commit fails with
     /// EAGAIN (another client changed what `f` read or wrote) `f` runs again
-    /// in a fresh transaction, up to [`Transaction::MAX_ATTEMPTS`] times in
-    /// all; then the EAGAIN error is returned. When `f` fails, the
+    /// in a fresh transaction, after a short random pause that grows with
+    /// each conflict (so contending clients stop colliding in lockstep), up
+    /// to [`Transaction::MAX_ATTEMPTS`] times in all; then the EAGAIN error
+    /// is returned. When `f` fails, the
     /// transaction is aborted and `f`'s error returned.
     pub fn transaction<T, E: From<Error>>(
         &mut self,
@@ -353,7 +359,8 @@ impl Client {
                 Err(e)
                     if e.errno() == Some(Errno::EAGAIN) && attempt < Transaction::MAX_ATTEMPTS =>
                 {
-                    attempt += 1
+                    retry_pause(attempt);
+                    attempt += 1;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -598,6 +605,25 @@ impl Iterator for Events<'_> {
     }
 }
 
+/// Pause before retry `attempt + 1` of a conflicted transaction: random in
+/// `[0, 50µs · 2^(attempt-1))`, capped at 20 ms — randomized exponential
+/// backoff, so clients that conflicted once do not conflict again in step.
+/// All attempts together wait at most about half a second.
+fn retry_pause(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    const BASE_MICROS: u64 = 50;
+    const CAP_MICROS: u64 = 20_000;
+    let ceiling = BASE_MICROS
+        .saturating_mul(1 << attempt.saturating_sub(1).min(20))
+        .min(CAP_MICROS);
+    // RandomState is randomly keyed per process and per instance: enough
+    // entropy for jitter without a dependency.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    let jitter = hasher.finish() % ceiling;
+    std::thread::sleep(Duration::from_micros(jitter));
+}
+
 fn check_token(t: MsgType, path: &str, token: &str) -> Result<()> {
     XsPath::validate_request(path).map_err(|e| Error::for_request(t, Some(path), e))?;
     if token.as_bytes().contains(&0) {
@@ -643,4 +669,26 @@ fn frame_error_kind(e: FrameError) -> ErrorKind {
 
 fn message_type_name(t: u32) -> &'static str {
     MsgType::from_u32(t).map_or("unknown-type", MsgType::name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_moves_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Client>();
+        assert_send::<Error>();
+    }
+
+    #[test]
+    fn watch_event_subtree_rule_for_queued_events() {
+        assert!(event_is_under("/a", "/a"));
+        assert!(event_is_under("/a/b", "/a"));
+        assert!(!event_is_under("/ab", "/a"));
+        assert!(event_is_under("/x", "/"));
+        assert!(event_is_under("device/vbd", "device"));
+        assert!(event_is_under("@releaseDomain", "@releaseDomain"));
+    }
 }
