@@ -1,1 +1,25 @@
-//! diskseq
+//! Block-device identity for race-free handoff: name a disk instance by
+//! `(major:minor, diskseq)` and prove, on an open fd, that it is that
+//! instance.
+//!
+//! Device numbers are reused (`/dev/loop0` is `7:0` whatever it is bound
+//! to); the kernel's disk sequence number is not. This crate opens devices
+//! by number or by diskseq and checks the pair on the fd, attaches loop
+//! devices atomically and kill-safely, and detaches them only when the
+//! instance still matches. See `docs/design/diskseq.md`.
+
+mod device;
+mod error;
+mod id;
+pub mod ioctl;
+mod loop_device;
+mod sysfs;
+
+pub use device::{open_by_diskseq, open_verified, Access, BlockDevice};
+pub use error::{Error, Result};
+pub use id::{DevNum, DiskId, DiskSeq, DiskSeqParseError, FileId, ParseError};
+pub use loop_device::{
+    detach_verified, list_loops, loop_info, LoopDevice, LoopInfo, LoopOptions, PersistError,
+    LOOP_MAJOR,
+};
+pub use sysfs::{list_devices, DeviceEntry, DeviceKind};

@@ -1,0 +1,317 @@
+//! An open block device and the proof of which disk instance it is.
+//!
+//! Identity always comes from the open file descriptor: `fstat` gives the
+//! device number, `BLKGETDISKSEQ` the disk instance. Paths (from sysfs, from
+//! udev links, from the caller) only say where to look; a path can name a
+//! different device by the time it is opened.
+
+use std::fs;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::id::{DevNum, DiskId, DiskSeq};
+use crate::{ioctl, sysfs};
+
+/// How to open a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `O_RDONLY`.
+    ReadOnly,
+    /// `O_RDWR`.
+    ReadWrite,
+}
+
+impl Access {
+    fn flags(self) -> OFlags {
+        match self {
+            Access::ReadOnly => OFlags::RDONLY,
+            Access::ReadWrite => OFlags::RDWR,
+        }
+    }
+}
+
+/// An open block device together with the identity the kernel reported for
+/// it on that fd. Properties are read once, at open; [`current_seq`]
+/// re-asks the kernel.
+///
+/// [`current_seq`]: BlockDevice::current_seq
+#[derive(Debug)]
+pub struct BlockDevice {
+    fd: OwnedFd,
+    path: PathBuf,
+    id: DiskId,
+    size_bytes: u64,
+    logical_block_size: u32,
+    physical_block_size: u32,
+    read_only: bool,
+    partition: Option<u32>,
+    discard: OnceLock<bool>,
+}
+
+impl BlockDevice {
+    /// Opens `path` and refuses it unless it is a block device whose
+    /// diskseq the kernel reports. The error names the path and what it is.
+    /// A read-write open of a read-only device is refused too: the kernel
+    /// would allow the open and fail every write later.
+    pub fn open(path: &Path, access: Access) -> Result<Self> {
+        let fd = open_block_fd(path, access)?;
+        let device = Self::from_fd(fd, path.to_owned())?;
+        if access == Access::ReadWrite && device.read_only {
+            return Err(Error::ReadOnly {
+                path: device.path,
+                dev: device.id.dev(),
+            });
+        }
+        Ok(device)
+    }
+
+    /// Takes an fd someone else opened; `path` is only used in messages and
+    /// [`path`](Self::path).
+    pub fn from_fd(fd: OwnedFd, path: PathBuf) -> Result<Self> {
+        let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", &path, e))?;
+        let file_type = FileType::from_raw_mode(stat.st_mode);
+        if file_type != FileType::BlockDevice {
+            return Err(Error::NotBlockDevice {
+                path,
+                what: describe(file_type),
+            });
+        }
+        let dev = DevNum::from_rdev(stat.st_rdev);
+        let seq = match ioctl::disk_seq(fd.as_fd()) {
+            Ok(seq) => seq.and_then(DiskSeq::new),
+            Err(e) => return Err(Error::io("BLKGETDISKSEQ on", path, e)),
+        };
+        let Some(seq) = seq else {
+            return Err(Error::NoDiskSeq { path, dev });
+        };
+        let fd_ref = fd.as_fd();
+        let size_bytes =
+            ioctl::size_bytes(fd_ref).map_err(|e| Error::io("BLKGETSIZE64 on", &path, e))?;
+        let logical_block_size =
+            ioctl::logical_block_size(fd_ref).map_err(|e| Error::io("BLKSSZGET on", &path, e))?;
+        let physical_block_size =
+            ioctl::physical_block_size(fd_ref).map_err(|e| Error::io("BLKPBSZGET on", &path, e))?;
+        let read_only = ioctl::read_only(fd_ref).map_err(|e| Error::io("BLKROGET on", &path, e))?;
+        Ok(BlockDevice {
+            partition: sysfs::partition_number(dev),
+            fd,
+            path,
+            id: DiskId::new(dev, seq),
+            size_bytes,
+            logical_block_size,
+            physical_block_size,
+            read_only,
+            discard: OnceLock::new(),
+        })
+    }
+
+    /// The instance open on this fd, as the kernel reported it at open.
+    pub fn id(&self) -> DiskId {
+        self.id
+    }
+
+    /// The device number.
+    pub fn dev(&self) -> DevNum {
+        self.id.dev()
+    }
+
+    /// The path this device was opened by (a name, not an identity).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Logical block size in bytes (the smallest addressable unit).
+    pub fn logical_block_size(&self) -> u32 {
+        self.logical_block_size
+    }
+
+    /// Physical block size in bytes.
+    pub fn physical_block_size(&self) -> u32 {
+        self.physical_block_size
+    }
+
+    /// Whether the kernel marks the device read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether the device accepts discard (from sysfs, read on first use).
+    pub fn discard(&self) -> bool {
+        *self
+            .discard
+            .get_or_init(|| sysfs::discard_supported(self.dev()))
+    }
+
+    /// `Some(n)` for partition `n` of a disk, `None` for a whole disk.
+    pub fn partition(&self) -> Option<u32> {
+        self.partition
+    }
+
+    /// The diskseq now, asked again on this fd. It differs from
+    /// [`id`](Self::id) when the medium changed since the open (for example
+    /// a loop device that was unbound at open and bound since).
+    pub fn current_seq(&self) -> Result<DiskSeq> {
+        match ioctl::disk_seq(self.fd.as_fd()) {
+            Ok(Some(seq)) => DiskSeq::new(seq).ok_or_else(|| self.no_disk_seq()),
+            Ok(None) => Err(self.no_disk_seq()),
+            Err(e) => Err(Error::io("BLKGETDISKSEQ on", &self.path, e)),
+        }
+    }
+
+    /// Proves that this fd is the instance `expected`: same device number,
+    /// and the kernel's diskseq on the fd, asked now, is the expected one.
+    pub fn verify(&self, expected: &DiskId) -> Result<()> {
+        let seq = if self.dev() == expected.dev() {
+            self.current_seq()?
+        } else {
+            self.id.seq
+        };
+        check(expected, DiskId::new(self.dev(), seq))
+    }
+
+    /// Gives up the device, keeping the fd open.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    fn no_disk_seq(&self) -> Error {
+        Error::NoDiskSeq {
+            path: self.path.clone(),
+            dev: self.dev(),
+        }
+    }
+}
+
+impl AsFd for BlockDevice {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn check(expected: &DiskId, found: DiskId) -> Result<()> {
+    if found == *expected {
+        Ok(())
+    } else {
+        Err(Error::Stale {
+            expected: *expected,
+            found,
+        })
+    }
+}
+
+/// Opens a path that should be a block device without hanging on a FIFO
+/// (`O_NONBLOCK`, cleared again once the fd is known to be a block device)
+/// and without acquiring a controlling terminal.
+fn open_block_fd(path: &Path, access: Access) -> Result<OwnedFd> {
+    let flags = access.flags() | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ISDIR) => {
+            return Err(Error::NotBlockDevice {
+                path: path.to_owned(),
+                what: "a directory",
+            })
+        }
+        Err(e) => return Err(Error::io("opening", path, e)),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", path, e))?;
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    if file_type != FileType::BlockDevice {
+        return Err(Error::NotBlockDevice {
+            path: path.to_owned(),
+            what: describe(file_type),
+        });
+    }
+    let flags = rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::io("fcntl on", path, e))?;
+    rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)
+        .map_err(|e| Error::io("fcntl on", path, e))?;
+    Ok(fd)
+}
+
+fn describe(file_type: FileType) -> &'static str {
+    match file_type {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        _ => "an unknown kind of file",
+    }
+}
+
+/// Where to open device `dev` on this host: `/dev/block/M:m` when udev made
+/// it, else `/dev/` + the kernel's `DEVNAME` from sysfs.
+pub(crate) fn path_for(dev: DevNum) -> Result<PathBuf> {
+    let by_number = PathBuf::from(format!("/dev/block/{dev}"));
+    if fs::symlink_metadata(&by_number).is_ok() {
+        return Ok(by_number);
+    }
+    Ok(Path::new("/dev").join(sysfs::devname(dev)?))
+}
+
+/// Opens device instance `id` by number and proves on the fd that it is that
+/// instance. [`Error::Stale`] when the number now names another instance.
+pub fn open_verified(id: DiskId, access: Access) -> Result<BlockDevice> {
+    let path = path_for(id.dev())?;
+    let device = BlockDevice::open(&path, access)?;
+    // `device.id` was read from this fd just now: no need to ask again.
+    check(&id, device.id)?;
+    Ok(device)
+}
+
+/// Opens the disk whose diskseq is `seq` (or its partition `partition`) and
+/// proves it on the fd: the "open by diskseq" the kernel does not offer.
+/// Uses `/dev/disk/by-diskseq/` links as a hint where udev made them and
+/// falls back to a sysfs scan (the links can lag behind the kernel).
+pub fn open_by_diskseq(
+    seq: DiskSeq,
+    partition: Option<u32>,
+    access: Access,
+) -> Result<BlockDevice> {
+    if let Some(device) = open_udev_hint(seq, partition, access) {
+        return Ok(device);
+    }
+    let (disk, disk_dev) = sysfs::find_disk_by_seq(seq)?.ok_or(Error::NoSuchDiskSeq { seq })?;
+    let target = match partition {
+        None => disk_dev,
+        Some(number) => sysfs::find_partition(&disk, number)?.ok_or(Error::NoSuchPartition {
+            disk: disk.clone(),
+            seq,
+            partition: number,
+        })?,
+    };
+    let device = open_verified(DiskId::new(target, seq), access)?;
+    if device.partition() != partition {
+        // The partition table changed between the scan and the open.
+        return Err(Error::NoSuchPartition {
+            disk,
+            seq,
+            partition: partition.unwrap_or(0),
+        });
+    }
+    Ok(device)
+}
+
+/// The udev link for `seq`, if it exists and leads to the right instance.
+fn open_udev_hint(seq: DiskSeq, partition: Option<u32>, access: Access) -> Option<BlockDevice> {
+    let link = match partition {
+        None => format!("/dev/disk/by-diskseq/{seq}"),
+        Some(n) => format!("/dev/disk/by-diskseq/{seq}-part{n}"),
+    };
+    let link = PathBuf::from(link);
+    fs::symlink_metadata(&link).ok()?;
+    let device = BlockDevice::open(&link, access).ok()?;
+    (device.id.seq == seq && device.partition() == partition).then_some(device)
+}

@@ -1,0 +1,570 @@
+//! Loop devices created atomically, verified, and detached only by identity.
+//!
+//! Attach: `LOOP_CTL_GET_FREE` names a minor that is free *now*; opening
+//! `/dev/loopN` with `O_EXCL` claims it (another process's configure then
+//! fails with EBUSY); `LOOP_CONFIGURE` binds file and flags in one step;
+//! `LOOP_GET_STATUS64` proves the kernel bound *our* file (by st_dev/st_ino,
+//! never by name) with the flags asked; `BLKGETDISKSEQ` names the instance.
+//! Losing the race for a minor is normal and retried a bounded number of
+//! times.
+//!
+//! Kill safety: a persistent device is configured with autoclear, so the
+//! kernel detaches it when the last fd closes — including when the process is
+//! killed. Autoclear is cleared only after the caller has recorded the
+//! device, so there is no moment where a device exists that nobody knows
+//! about and nobody will release.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::device::{open_verified, Access, BlockDevice};
+use crate::error::{Error, Result};
+use crate::id::{DevNum, DiskId, FileId};
+use crate::ioctl::{
+    self, LO_FLAGS_AUTOCLEAR, LO_FLAGS_DIRECT_IO, LO_FLAGS_PARTSCAN, LO_FLAGS_READ_ONLY,
+};
+use crate::sysfs;
+
+/// The loop driver's major number (fixed in the kernel).
+pub const LOOP_MAJOR: u32 = 7;
+const LOOP_CONTROL: &str = "/dev/loop-control";
+/// How many free minors to try before giving up: each failure means another
+/// process took the minor first, so this bounds a livelock, not a normal path.
+const ATTACH_ATTEMPTS: u32 = 64;
+/// After this many busy answers for the same minor, stop waiting for its
+/// claimer and create a new device.
+const SAME_MINOR_REPEATS: u32 = 8;
+
+/// Sleeps 20 µs, doubling per attempt up to about 5 ms: long enough for the
+/// process that won a minor to bind it (tens of µs), short enough not to matter.
+fn backoff(attempt: u32) {
+    let micros = 20u64 << attempt.min(8);
+    std::thread::sleep(std::time::Duration::from_micros(micros));
+}
+
+/// How to attach a file.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoopOptions {
+    /// The device refuses writes (`LO_FLAGS_READ_ONLY`).
+    pub read_only: bool,
+    /// Detach at the last close (`LO_FLAGS_AUTOCLEAR`).
+    pub autoclear: bool,
+    /// Bypass the page cache for the backing file (`LO_FLAGS_DIRECT_IO`).
+    pub direct_io: bool,
+    /// Allow partitions on the device (`LO_FLAGS_PARTSCAN`).
+    pub partscan: bool,
+    /// Logical block size in bytes (512..=page size, a power of two);
+    /// `None` keeps the kernel's default.
+    pub block_size: Option<u32>,
+    /// Byte offset into the backing file where the device starts.
+    pub offset: u64,
+    /// Device size in bytes; 0 means up to the end of the file.
+    pub size_limit: u64,
+}
+
+impl LoopOptions {
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        for (on, flag) in [
+            (self.read_only, LO_FLAGS_READ_ONLY),
+            (self.autoclear, LO_FLAGS_AUTOCLEAR),
+            (self.direct_io, LO_FLAGS_DIRECT_IO),
+            (self.partscan, LO_FLAGS_PARTSCAN),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
+/// A loop device this process attached and verified. Holds an open fd on it
+/// (not exclusive, so `mkfs`, `mount` or a backend can open it too); with
+/// autoclear, dropping the last fd anywhere detaches it.
+#[derive(Debug)]
+pub struct LoopDevice {
+    device: BlockDevice,
+    backing: FileId,
+}
+
+impl LoopDevice {
+    /// Attaches the file open on `backing` to a free loop device, atomically
+    /// and verified (see the module docs). The fd must be writable unless
+    /// `opts.read_only`.
+    pub fn attach(backing: BorrowedFd<'_>, opts: &LoopOptions) -> Result<Self> {
+        let backing_id = check_backing(backing, opts)?;
+        let control = rustix::fs::open(LOOP_CONTROL, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| Error::io("opening", LOOP_CONTROL, e))?;
+        // GET_FREE names the lowest unbound device, including one another
+        // process has claimed but not bound yet: after losing a minor, wait
+        // a little for the winner to bind it, and if the same minor keeps
+        // coming back busy, create a fresh device instead.
+        let mut busy: Option<u32> = None;
+        let mut repeats = 0;
+        for attempt in 0..ATTACH_ATTEMPTS {
+            let mut minor = ioctl::loop_ctl_get_free(control.as_fd())
+                .map_err(|e| Error::io("LOOP_CTL_GET_FREE on", LOOP_CONTROL, e))?;
+            if busy == Some(minor) {
+                repeats += 1;
+                if repeats >= SAME_MINOR_REPEATS {
+                    repeats = 0;
+                    minor = ioctl::loop_ctl_add_any(control.as_fd())
+                        .map_err(|e| Error::io("LOOP_CTL_ADD on", LOOP_CONTROL, e))?;
+                } else {
+                    backoff(attempt);
+                }
+            }
+            match try_attach_at(minor, backing, backing_id, opts)? {
+                Some(device) => return Ok(device),
+                None => busy = Some(minor),
+            }
+        }
+        Err(Error::NoFreeLoop {
+            attempts: ATTACH_ATTEMPTS,
+        })
+    }
+
+    /// Attaches to the specific device `/dev/loop<minor>`. Fails with an
+    /// EBUSY [`Error::Io`] when that device is bound or claimed by someone
+    /// else. Mostly for tests that need a particular minor reused.
+    pub fn attach_at(minor: u32, backing: BorrowedFd<'_>, opts: &LoopOptions) -> Result<Self> {
+        let backing_id = check_backing(backing, opts)?;
+        try_attach_at(minor, backing, backing_id, opts)?
+            .ok_or_else(|| Error::io("claiming", loop_path(minor), Errno::BUSY))
+    }
+
+    /// Attaches like [`attach`](Self::attach) but kill-safe for a device that
+    /// must outlive this process: the device is configured with autoclear,
+    /// `record` is called (write the identity where it will be found again),
+    /// and only then is autoclear cleared — unless `opts.autoclear` asks to
+    /// keep it. If the process dies before that, or `record` fails, the
+    /// kernel detaches the device when its fd closes: nothing leaks.
+    pub fn attach_persistent<E>(
+        backing: BorrowedFd<'_>,
+        opts: &LoopOptions,
+        record: impl FnOnce(&LoopDevice) -> Result<(), E>,
+    ) -> Result<Self, PersistError<E>> {
+        let configure = LoopOptions {
+            autoclear: true,
+            ..opts.clone()
+        };
+        let device = Self::attach(backing, &configure).map_err(PersistError::Attach)?;
+        // On failure `device` drops here, its fd closes, and autoclear detaches it.
+        record(&device).map_err(PersistError::Record)?;
+        if !opts.autoclear {
+            device.set_autoclear(false).map_err(PersistError::Persist)?;
+        }
+        Ok(device)
+    }
+
+    /// Turns autoclear on or off (`LOOP_SET_STATUS64`), then checks that the
+    /// kernel applied it.
+    pub fn set_autoclear(&self, on: bool) -> Result<()> {
+        let path = self.path();
+        let fd = self.device.as_fd();
+        let mut info =
+            ioctl::loop_get_status(fd).map_err(|e| Error::io("LOOP_GET_STATUS64 on", path, e))?;
+        if (info.lo_flags & LO_FLAGS_AUTOCLEAR != 0) == on {
+            return Ok(());
+        }
+        if on {
+            info.lo_flags |= LO_FLAGS_AUTOCLEAR;
+        } else {
+            info.lo_flags &= !LO_FLAGS_AUTOCLEAR;
+        }
+        ioctl::loop_set_status(fd, &info)
+            .map_err(|e| Error::io("LOOP_SET_STATUS64 on", path, e))?;
+        let after =
+            ioctl::loop_get_status(fd).map_err(|e| Error::io("LOOP_GET_STATUS64 on", path, e))?;
+        if (after.lo_flags & LO_FLAGS_AUTOCLEAR != 0) != on {
+            return Err(Error::LoopMismatch {
+                path: path.to_owned(),
+                detail: format!("autoclear still {}", if on { "off" } else { "on" }),
+            });
+        }
+        Ok(())
+    }
+
+    /// The instance: device number and the diskseq it got at attach.
+    pub fn id(&self) -> DiskId {
+        self.device.id()
+    }
+
+    /// `/dev/loopN`.
+    pub fn path(&self) -> &Path {
+        self.device.path()
+    }
+
+    /// The backing file the kernel confirmed it bound.
+    pub fn backing(&self) -> FileId {
+        self.backing
+    }
+
+    /// The open device.
+    pub fn block_device(&self) -> &BlockDevice {
+        &self.device
+    }
+
+    /// The open device, giving up the loop-specific view.
+    pub fn into_block_device(self) -> BlockDevice {
+        self.device
+    }
+}
+
+impl AsFd for LoopDevice {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.device.as_fd()
+    }
+}
+
+/// Failure of [`LoopDevice::attach_persistent`]. In every case no device
+/// remains attached by this call.
+#[derive(Debug)]
+pub enum PersistError<E> {
+    /// Attaching failed.
+    Attach(Error),
+    /// The caller's `record` failed; the device was detached.
+    Record(E),
+    /// Clearing autoclear failed after `record`; the device detaches when
+    /// this error's caller drops it (already done), so the record is stale.
+    Persist(Error),
+}
+
+impl<E: fmt::Display> fmt::Display for PersistError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PersistError::Attach(e) => write!(f, "{e}"),
+            PersistError::Record(e) => {
+                write!(
+                    f,
+                    "recording the loop device failed, so it was detached: {e}"
+                )
+            }
+            PersistError::Persist(e) => {
+                write!(
+                    f,
+                    "making the loop device persistent failed, so it was detached: {e}"
+                )
+            }
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for PersistError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PersistError::Attach(e) | PersistError::Persist(e) => Some(e),
+            PersistError::Record(e) => Some(e),
+        }
+    }
+}
+
+fn loop_path(minor: u32) -> PathBuf {
+    PathBuf::from(format!("/dev/loop{minor}"))
+}
+
+/// The backing file's identity, after refusing combinations the kernel would
+/// silently "fix".
+fn check_backing(backing: BorrowedFd<'_>, opts: &LoopOptions) -> Result<FileId> {
+    let name = fd_name(backing);
+    let id = FileId::of(backing).map_err(|e| Error::io("stat", &name, e))?;
+    if let Some(size) = opts.block_size {
+        if !(512..=65536).contains(&size) || !size.is_power_of_two() {
+            return Err(Error::InvalidOption(
+                "block size must be a power of two from 512",
+            ));
+        }
+    }
+    if !opts.read_only {
+        let flags =
+            rustix::fs::fcntl_getfl(backing).map_err(|e| Error::io("fcntl on", &name, e))?;
+        if flags & OFlags::RWMODE != OFlags::RDWR {
+            // The kernel would quietly make the device read-only.
+            return Err(Error::BackingNotWritable { backing: id });
+        }
+    }
+    Ok(id)
+}
+
+/// A name for an fd in messages: its path from `/proc/self/fd`.
+fn fd_name(fd: BorrowedFd<'_>) -> PathBuf {
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    std::fs::read_link(&link).unwrap_or_else(|_| PathBuf::from(link))
+}
+
+/// Claims `/dev/loop<minor>`, configures and verifies it. `Ok(None)` when
+/// another process got there first (the caller may try another minor).
+fn try_attach_at(
+    minor: u32,
+    backing: BorrowedFd<'_>,
+    backing_id: FileId,
+    opts: &LoopOptions,
+) -> Result<Option<LoopDevice>> {
+    let path = loop_path(minor);
+    let access = if opts.read_only {
+        OFlags::RDONLY
+    } else {
+        // The kernel makes the device read-only when configured via a
+        // read-only fd.
+        OFlags::RDWR
+    };
+    let claim = match rustix::fs::open(
+        &path,
+        access | OFlags::CLOEXEC | OFlags::EXCL,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        // Claimed by someone else, or removed since GET_FREE.
+        Err(Errno::BUSY | Errno::NOENT | Errno::NXIO) => return Ok(None),
+        Err(e) => return Err(Error::io("opening", path, e)),
+    };
+    let stat = rustix::fs::fstat(&claim).map_err(|e| Error::io("stat", &path, e))?;
+    let dev = DevNum::from_rdev(stat.st_rdev);
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::BlockDevice
+        || dev != DevNum::new(LOOP_MAJOR, minor)
+    {
+        return Err(Error::NotLoop { path, dev });
+    }
+
+    let mut info = ioctl::empty_loop_info();
+    info.lo_offset = opts.offset;
+    info.lo_sizelimit = opts.size_limit;
+    info.lo_flags = opts.flags();
+    let config = ioctl::loop_config {
+        fd: backing.as_raw_fd() as u32,
+        block_size: opts.block_size.unwrap_or(0),
+        info,
+        __reserved: [0; 8],
+    };
+    match ioctl::loop_configure(claim.as_fd(), &config) {
+        Ok(()) => {}
+        // Bound by another process between GET_FREE and our O_EXCL open.
+        Err(e) if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) => return Ok(None),
+        Err(e) => return Err(Error::io("LOOP_CONFIGURE on", path, e)),
+    }
+
+    if let Err(detail) = check_binding(claim.as_fd(), backing_id, opts, &path) {
+        // We hold the only claim: whatever got bound is ours to undo.
+        let _ = ioctl::loop_clr_fd(claim.as_fd());
+        return Err(detail);
+    }
+
+    // Trade the exclusive claim for a plain fd so that others (mkfs, mount,
+    // a backend opening the device exclusively) can use the device while we
+    // hold it. The binding is pinned by `claim` while we reopen, and the new
+    // fd is checked to be the same instance.
+    let claimed_seq = match ioctl::disk_seq(claim.as_fd()) {
+        Ok(Some(seq)) => crate::DiskSeq::new(seq),
+        Ok(None) => None,
+        Err(e) => return Err(Error::io("BLKGETDISKSEQ on", path, e)),
+    };
+    let Some(claimed_seq) = claimed_seq else {
+        let _ = ioctl::loop_clr_fd(claim.as_fd());
+        return Err(Error::NoDiskSeq { path, dev });
+    };
+    let device = match BlockDevice::open(
+        &path,
+        if opts.read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        },
+    )
+    .and_then(|device| {
+        device
+            .verify(&DiskId::new(dev, claimed_seq))
+            .map(|()| device)
+    }) {
+        Ok(device) => device,
+        Err(e) => {
+            let _ = ioctl::loop_clr_fd(claim.as_fd());
+            return Err(e);
+        }
+    };
+    drop(claim);
+    Ok(Some(LoopDevice {
+        device,
+        backing: backing_id,
+    }))
+}
+
+/// Compares what the kernel bound with what was asked.
+fn check_binding(
+    fd: BorrowedFd<'_>,
+    backing: FileId,
+    opts: &LoopOptions,
+    path: &Path,
+) -> Result<()> {
+    let info =
+        ioctl::loop_get_status(fd).map_err(|e| Error::io("LOOP_GET_STATUS64 on", path, e))?;
+    let mismatch = |detail: String| {
+        Err(Error::LoopMismatch {
+            path: path.to_owned(),
+            detail,
+        })
+    };
+    let bound = FileId {
+        dev: info.lo_device,
+        ino: info.lo_inode,
+    };
+    if bound != backing {
+        return mismatch(format!("bound {bound}, expected {backing}"));
+    }
+    let wanted = opts.flags();
+    // Read-only and autoclear must be exactly as asked; the kernel may add
+    // direct I/O (backing fd opened O_DIRECT) or partscan (max_part) itself.
+    let exact = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+    if info.lo_flags & exact != wanted & exact || info.lo_flags & wanted != wanted {
+        return mismatch(format!("flags {:#x}, asked {:#x}", info.lo_flags, wanted));
+    }
+    if info.lo_offset != opts.offset || info.lo_sizelimit != opts.size_limit {
+        return mismatch(format!(
+            "offset {} size limit {}, asked {} and {}",
+            info.lo_offset, info.lo_sizelimit, opts.offset, opts.size_limit
+        ));
+    }
+    if let Some(size) = opts.block_size {
+        let got = ioctl::logical_block_size(fd).map_err(|e| Error::io("BLKSSZGET on", path, e))?;
+        if got != size {
+            return mismatch(format!("block size {got}, asked {size}"));
+        }
+    }
+    Ok(())
+}
+
+/// A bound loop device as the kernel describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopInfo {
+    /// The instance.
+    pub id: DiskId,
+    /// The device path it was opened by.
+    pub path: PathBuf,
+    /// The backing file's path as the kernel reports it (a name only).
+    pub backing_file: Option<PathBuf>,
+    /// The backing file's identity (the proof).
+    pub backing: FileId,
+    /// Byte offset into the backing file.
+    pub offset: u64,
+    /// Size limit in bytes (0: to the end of the file).
+    pub size_limit: u64,
+    /// Read-only.
+    pub read_only: bool,
+    /// Detaches at last close.
+    pub autoclear: bool,
+    /// Partitions allowed.
+    pub partscan: bool,
+    /// Direct I/O to the backing file.
+    pub direct_io: bool,
+}
+
+/// Whether `dev` is a whole loop device (a partition of a loop device
+/// answers loop ioctls with its disk's state, so it must be excluded).
+fn is_loop_disk(dev: &BlockDevice) -> bool {
+    dev.dev().major == LOOP_MAJOR && dev.partition().is_none()
+}
+
+/// The binding of loop device `dev`. `None` when `dev` is not a loop device
+/// or is not bound.
+pub fn loop_info(dev: &BlockDevice) -> Result<Option<LoopInfo>> {
+    if !is_loop_disk(dev) {
+        return Ok(None);
+    }
+    let info = match ioctl::loop_get_status(dev.as_fd()) {
+        Ok(info) => info,
+        Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => return Ok(None),
+        Err(e) => return Err(Error::io("LOOP_GET_STATUS64 on", dev.path(), e)),
+    };
+    let name_len = info
+        .lo_file_name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.lo_file_name.len());
+    let kernel_name = (name_len > 0).then(|| {
+        PathBuf::from(String::from_utf8_lossy(&info.lo_file_name[..name_len]).into_owned())
+    });
+    Ok(Some(LoopInfo {
+        id: dev.id(),
+        path: dev.path().to_owned(),
+        // sysfs has the full path; lo_file_name is cut at 64 bytes.
+        backing_file: sysfs::loop_backing_file(dev.dev()).or(kernel_name),
+        backing: FileId {
+            dev: info.lo_device,
+            ino: info.lo_inode,
+        },
+        offset: info.lo_offset,
+        size_limit: info.lo_sizelimit,
+        read_only: info.lo_flags & LO_FLAGS_READ_ONLY != 0,
+        autoclear: info.lo_flags & LO_FLAGS_AUTOCLEAR != 0,
+        partscan: info.lo_flags & LO_FLAGS_PARTSCAN != 0,
+        direct_io: info.lo_flags & LO_FLAGS_DIRECT_IO != 0,
+    }))
+}
+
+/// Detaches loop device instance `id` — and nothing else. Opens it by
+/// number, proves number and diskseq on the fd (and the backing file, when
+/// given), requires a bound loop device, then `LOOP_CLR_FD`. On any
+/// mismatch nothing is touched. If others still hold the device open, the
+/// kernel detaches it when the last of them closes it.
+pub fn detach_verified(id: &DiskId, backing: Option<FileId>) -> Result<()> {
+    let device = open_verified(*id, Access::ReadOnly)?;
+    if !is_loop_disk(&device) {
+        return Err(Error::NotLoop {
+            path: device.path().to_owned(),
+            dev: device.dev(),
+        });
+    }
+    let not_bound = || Error::NotBound {
+        path: device.path().to_owned(),
+        dev: device.dev(),
+    };
+    let info = loop_info(&device)?.ok_or_else(not_bound)?;
+    if let Some(expected) = backing {
+        if info.backing != expected {
+            return Err(Error::WrongBacking {
+                path: info.path,
+                id: *id,
+                expected,
+                found: info.backing,
+            });
+        }
+    }
+    match ioctl::loop_clr_fd(device.as_fd()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => Err(not_bound()),
+        Err(e) => Err(Error::io("LOOP_CLR_FD on", device.path(), e)),
+    }
+    // `device` closes here; being the last opener, the kernel detaches now.
+}
+
+/// Every bound loop device, sorted by minor.
+pub fn list_loops() -> Result<Vec<LoopInfo>> {
+    let mut loops = Vec::new();
+    for name in sysfs::disk_names()? {
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let dir = Path::new("/sys/block").join(&name);
+        if !dir.join("loop").exists() {
+            continue; // unbound: skip without opening
+        }
+        let path = Path::new("/dev").join(&name);
+        let device = match BlockDevice::open(&path, Access::ReadOnly) {
+            Ok(device) => device,
+            // Detached or removed while listing.
+            Err(Error::Io { ref source, .. }) if matches!(source.raw_os_error(), Some(libc_errno) if libc_errno == Errno::NXIO.raw_os_error() || libc_errno == Errno::NOENT.raw_os_error()) => {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(info) = loop_info(&device)? {
+            loops.push(info);
+        }
+    }
+    loops.sort_by_key(|info| info.id.minor);
+    Ok(loops)
+}
