@@ -2,7 +2,7 @@
 //!
 //! Requests are answered in order on a connection, but watch events may
 //! arrive at any time, including between a request and its reply. The client
-//! therefore reads frames in one place ([`Client::await_reply`]) that queues
+//! therefore reads frames in one place (`Client::await_reply`) that queues
 //! every event it meets; [`Client::next_event`] drains that queue before it
 //! reads more, so no event is lost and events keep their order.
 
