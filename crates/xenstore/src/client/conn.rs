@@ -24,7 +24,6 @@ enum Stream {
 /// Bytes read per `read` call; a whole maximum-size frame fits.
 const READ_CHUNK: usize = 8192;
 
-#[derive(Debug)]
 pub(crate) struct Connection {
     stream: Stream,
     path: PathBuf,
@@ -32,6 +31,17 @@ pub(crate) struct Connection {
     inbox: Vec<u8>,
     consumed: usize,
     scratch: Box<[u8; READ_CHUNK]>,
+}
+
+impl std::fmt::Debug for Connection {
+    /// The endpoint and the buffered byte count; not the buffers themselves.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("path", &self.path)
+            .field("device", &matches!(self.stream, Stream::Device(_)))
+            .field("buffered", &(self.inbox.len() - self.consumed))
+            .finish()
+    }
 }
 
 impl Connection {
