@@ -13,7 +13,7 @@
 //! announcing more than the protocol's payload limit disconnects its sender.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 
@@ -61,6 +61,8 @@ struct Conn {
     interest: EventFlags,
     queued_for_processing: bool,
     dirty: bool,
+    /// The peer will send nothing more; close once its requests are done.
+    eof: bool,
     closing: bool,
 }
 
@@ -112,6 +114,8 @@ pub struct Server {
     ready: Vec<ConnId>,
     dirty: Vec<ConnId>,
     doomed: Vec<ConnId>,
+    /// Some listener stopped accepting for lack of descriptors.
+    listeners_paused: bool,
 }
 
 impl Server {
@@ -150,6 +154,7 @@ impl Server {
             ready: Vec::new(),
             dirty: Vec::new(),
             doomed: Vec::new(),
+            listeners_paused: false,
         })
     }
 
@@ -200,9 +205,20 @@ impl Server {
             let stream = match l.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock, or out of descriptors: the connection waits
-                // in the backlog until a slot frees up.
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // Out of descriptors (or memory): the connection waits
+                    // in the backlog. Stop polling the listener, which would
+                    // stay readable and spin the loop, until one closes.
+                    let _ = epoll::modify(
+                        &self.epoll,
+                        &l.listener,
+                        EventData::new_u64(LISTENER_BASE + index as u64),
+                        EventFlags::empty(),
+                    );
+                    self.listeners_paused = true;
+                    return;
+                }
             };
             if stream.set_nonblocking(true).is_err() {
                 continue;
@@ -238,6 +254,7 @@ impl Server {
                 interest: EventFlags::IN | EventFlags::RDHUP,
                 queued_for_processing: false,
                 dirty: false,
+                eof: false,
                 closing: false,
             });
         }
@@ -298,10 +315,10 @@ impl Server {
                 }
             }
         }
-        let has_frame = conn.has_complete_frame();
-        if eof {
-            self.doom(id);
-        } else if has_frame {
+        conn.eof |= eof;
+        // At end of input, requests already received are still answered
+        // (a client may half-close and then read its replies).
+        if eof || conn.has_complete_frame() {
             self.schedule(id);
         }
     }
@@ -366,8 +383,11 @@ impl Server {
             conn.input.drain(..conn.input_start);
             conn.input_start = 0;
         }
-        if conn.has_complete_frame() && !conn.outstanding_full(outstanding) {
+        let runnable = conn.has_complete_frame() && !conn.outstanding_full(outstanding);
+        if runnable {
             self.schedule(id);
+        } else if conn.eof {
+            self.doom(id);
         }
     }
 
@@ -480,7 +500,7 @@ impl Server {
         let was_full = conn.outstanding_full(outstanding);
         let mut failed = false;
         while conn.output_start < conn.output.len() {
-            match (&conn.stream).write(&conn.output[conn.output_start..]) {
+            match send(&conn.stream, &conn.output[conn.output_start..]) {
                 Ok(0) => {
                     failed = true;
                     break;
@@ -489,8 +509,8 @@ impl Server {
                     conn.output_start += n;
                     conn.written_total += n as u64;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => break,
                 Err(_) => {
                     failed = true;
                     break;
@@ -529,9 +549,12 @@ impl Server {
         if conn.closing {
             return;
         }
-        let mut wanted = EventFlags::RDHUP;
-        if conn.pending_input().len() < INPUT_LIMIT && !conn.outstanding_full(outstanding) {
-            wanted |= EventFlags::IN;
+        let mut wanted = EventFlags::empty();
+        if !conn.eof
+            && conn.pending_input().len() < INPUT_LIMIT
+            && !conn.outstanding_full(outstanding)
+        {
+            wanted |= EventFlags::IN | EventFlags::RDHUP;
         }
         if conn.pending_output() > 0 {
             wanted |= EventFlags::OUT;
@@ -550,12 +573,24 @@ impl Server {
     }
 
     fn close_doomed(&mut self) {
-        for id in std::mem::take(&mut self.doomed) {
+        let doomed = std::mem::take(&mut self.doomed);
+        if !doomed.is_empty() && self.listeners_paused {
+            self.listeners_paused = false;
+            for (i, l) in self.listeners.iter().enumerate() {
+                let _ = epoll::modify(
+                    &self.epoll,
+                    &l.listener,
+                    EventData::new_u64(LISTENER_BASE + i as u64),
+                    EventFlags::IN,
+                );
+            }
+        }
+        for id in doomed {
             let Some(mut conn) = self.conns.get_mut(id).and_then(Option::take) else {
                 continue;
             };
             // Best effort: a released guest may still read its last replies.
-            let _ = (&conn.stream).write(&conn.output[conn.output_start..]);
+            let _ = send(&conn.stream, &conn.output[conn.output_start..]);
             conn.session.reset(&mut self.state);
             let _ = epoll::delete(&self.epoll, &conn.stream);
             if let Some(trace) = &mut self.trace {
@@ -572,4 +607,10 @@ fn live(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
         .get_mut(id)
         .and_then(Option::as_mut)
         .filter(|c| !c.closing)
+}
+
+/// Writes without raising SIGPIPE when the peer is gone (the daemon may be
+/// embedded in a program that does not ignore it).
+fn send(stream: &UnixStream, bytes: &[u8]) -> rustix::io::Result<usize> {
+    rustix::net::send(stream, bytes, rustix::net::SendFlags::NOSIGNAL)
 }

@@ -93,6 +93,19 @@ fn truncated_frames_and_abrupt_closes_are_harmless() {
 }
 
 #[test]
+fn half_closed_client_still_gets_its_replies() {
+    let bed = Bed::start();
+    let mut raw = bed.raw();
+    let first = raw.send(MsgType::Write as u32, 0, b"/half\0closed");
+    let second = raw.send(MsgType::Read as u32, 0, &arg("/half"));
+    raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(raw.reply(first).payload, b"OK\0");
+    assert_eq!(raw.reply(second).payload, b"closed");
+    assert!(raw.is_closed(), "closed once its requests are answered");
+    assert_serving(&bed);
+}
+
+#[test]
 fn unknown_and_reply_types_are_enosys_and_the_connection_lives_on() {
     let bed = Bed::start();
     let mut raw = bed.raw();
