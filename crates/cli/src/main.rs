@@ -2,7 +2,9 @@
 //! handoff from the command line. Each subcommand lives in its own module;
 //! this file only parses arguments and maps results to exit codes.
 
+mod dev;
 mod exit;
+mod loop_cmd;
 mod xenstored_cmd;
 mod xs;
 
@@ -24,6 +26,15 @@ struct Cli {
 enum Command {
     // Each helper adds its subcommands here (one line per variant) and a
     // matching arm in `main`; the work itself lives in the module.
+    /// List every block device with its diskseq.
+    Ls(dev::LsArgs),
+    /// Show one block device (path or decimal MAJ:MIN).
+    Show(dev::ShowArgs),
+    /// Run a command with a verified device on fd 3 (exit 3 if stale).
+    Open(dev::OpenArgs),
+    /// Attach, detach (verified) and list loop devices.
+    #[command(subcommand)]
+    Loop(loop_cmd::LoopCommand),
     /// Read, write, list, remove and watch xenstore nodes.
     Xs(xs::XsArgs),
     /// Run a xenstore daemon (dom0 socket plus simulated guest sockets).
@@ -33,6 +44,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: exit::CmdResult = match cli.command {
+        Command::Ls(args) => dev::ls(args),
+        Command::Show(args) => dev::show(args),
+        Command::Open(args) => dev::open(args),
+        Command::Loop(command) => loop_cmd::run(command),
         Command::Xs(args) => xs::run(args),
         Command::Xenstored(args) => xenstored_cmd::run(args),
     };
