@@ -301,11 +301,16 @@ impl Server {
                 conn.input_start = 0;
             }
             conn.input.reserve(READ_CHUNK);
+            let room = conn.input.capacity() - conn.input.len();
             match rustix::io::read(&conn.stream, spare_capacity(&mut conn.input)) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
+                // A short read drained the socket: skip the read that would
+                // only say EAGAIN (epoll is level-triggered and reports any
+                // later data).
+                Ok(n) if n < room => break,
                 Ok(_) => {}
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR) => continue,
