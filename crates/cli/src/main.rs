@@ -2,9 +2,11 @@
 //! handoff from the command line. Each subcommand lives in its own module;
 //! this file only parses arguments and maps results to exit codes.
 
+mod demo;
 mod dev;
 mod exit;
 mod loop_cmd;
+mod vbd_cmd;
 mod xenstored_cmd;
 mod xs;
 
@@ -35,6 +37,14 @@ enum Command {
     /// Attach, detach (verified) and list loop devices.
     #[command(subcommand)]
     Loop(loop_cmd::LoopCommand),
+    /// Show the whole handoff on this host (no Xen) and the race it prevents.
+    Demo(demo::DemoArgs),
+    /// Run the vbd backend (blkback's protocol with the diskseq check).
+    Backend(vbd_cmd::BackendArgs),
+    /// Attach a disk to a guest, as libxl does (`xl block-attach`).
+    Attach(vbd_cmd::AttachArgs),
+    /// Detach a guest's disk, as libxl does (`xl block-detach`).
+    Detach(vbd_cmd::DetachArgs),
     /// Read, write, list, remove and watch xenstore nodes.
     Xs(xs::XsArgs),
     /// Run a xenstore daemon (dom0 socket plus simulated guest sockets).
@@ -48,6 +58,10 @@ fn main() -> ExitCode {
         Command::Show(args) => dev::show(args),
         Command::Open(args) => dev::open(args),
         Command::Loop(command) => loop_cmd::run(command),
+        Command::Demo(args) => demo::run(args),
+        Command::Backend(args) => vbd_cmd::backend(args),
+        Command::Attach(args) => vbd_cmd::attach(args),
+        Command::Detach(args) => vbd_cmd::detach(args),
         Command::Xs(args) => xs::run(args),
         Command::Xenstored(args) => xenstored_cmd::run(args),
     };
