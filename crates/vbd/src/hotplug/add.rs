@@ -26,6 +26,7 @@ use super::error::HotplugError;
 use super::fault;
 use super::handoff::{self, Signal};
 use super::log::Log;
+use super::loops;
 use super::mountinfo;
 use super::sharing::{self, Holder, VmIdentity};
 use super::target::{self, Target};
@@ -135,8 +136,9 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
     }
     fault::point("after-publish");
     log.line(format_args!(
-        "add: published physical-device {} diskseq {}",
+        "add: published physical-device {} diskseq {} (hex {})",
         record.physical_device.to_xenstore(),
+        target.id().seq,
         target.id().seq.to_xenstore()
     ));
 
@@ -280,8 +282,8 @@ impl HostUsers {
             users.same_disk.insert(dev, id.seq);
         }
         if let Target::Loop { backing, .. } = target {
-            for info in diskseq::list_loops()? {
-                if info.backing == *backing && info.id != id {
+            for info in loops::bound_to(&cfg.proc_root, *backing)? {
+                if info.id != id {
                     users.same_disk.insert(info.id.dev(), info.id.seq);
                     users.loops.push((
                         info.id.dev(),

@@ -4,7 +4,7 @@
 //!
 //! - [`config`]: argv and environment (libxl's `XENBUS_*`, our tunables);
 //! - [`target`]: `params` opened once, classified, attached as a loop device;
-//! - [`sharing`] + [`mountinfo`]: who else uses the device;
+//! - [`sharing`] + [`mountinfo`] + [`loops`]: who else uses the device;
 //! - [`add`] / [`remove`]: the two commands;
 //! - [`handoff`]: holding the device until the backend proves it has it;
 //! - [`log`]: one line per decision; [`fault`]: test-only kill points.
@@ -15,6 +15,7 @@ pub mod error;
 pub mod fault;
 pub mod handoff;
 pub mod log;
+pub mod loops;
 pub mod mountinfo;
 pub mod remove;
 pub mod sharing;

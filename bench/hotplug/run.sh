@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Benchmarks block-diskseq against Xen's stock bash `block` hotplug script:
+# whole-process add/remove latency and 1/8/32 concurrent adds, same machine,
+# same xenstored (ours, in-process; the stock script's xenstore-* tools reach
+# it through XENSTORED_PATH), same run. Needs root. Prints a markdown table.
+#
+#   bench/hotplug/run.sh            # 30 sequential runs per script
+#   HOTPLUG_BENCH_RUNS=100 bench/hotplug/run.sh
+#
+# The stock script comes from Debian's xen-utils-common. Its scripts are
+# unpacked into a cache dir rather than installed: the package depends on
+# udev, and this machine's tests assume a host without udev.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+cache=${HOTPLUG_BENCH_CACHE:-$PWD/target/bench-hotplug}
+stock_dir=$cache/xen-utils-common
+mkdir -p "$cache"
+
+need=()
+command -v xenstore-read >/dev/null 2>&1 || need+=(xenstore-utils)
+command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v flock >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ ! -x "$stock_dir/etc/xen/scripts/block" ]; then
+    (cd "$cache" && rm -f xen-utils-common_*.deb && apt-get download xen-utils-common >/dev/null 2>&1) || {
+        apt-get update -qq && (cd "$cache" && apt-get download xen-utils-common >/dev/null)
+    }
+    rm -rf "$stock_dir"
+    dpkg-deb -x "$cache"/xen-utils-common_*.deb "$stock_dir"
+fi
+
+# The stock scripts send their stderr to /var/log/xen/xen-hotplug.log and
+# fail without that directory; block-diskseq logs there too when it exists,
+# so both pay for the same log.
+created_log_dir=
+if [ ! -d /var/log/xen ]; then
+    mkdir -p /var/log/xen
+    created_log_dir=1
+fi
+cleanup() {
+    if [ -n "$created_log_dir" ]; then rm -rf /var/log/xen; fi
+}
+trap cleanup EXIT
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+cargo build --release --locked -p diskseq-cli --bin block-diskseq
+export BLOCK_DISKSEQ_BIN=$CARGO_TARGET_DIR/release/block-diskseq
+export STOCK_BLOCK_SCRIPT=$stock_dir/etc/xen/scripts/block
+
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
+cargo bench --locked -p vbd --bench hotplug

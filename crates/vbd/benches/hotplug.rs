@@ -1,0 +1,227 @@
+//! Whole-process latency of the block hotplug script, ours against Xen's
+//! stock bash `block` script, on the same machine, the same xenstored and
+//! the same kind of backend directory, in the same run:
+//! - sequential `add` and `remove` (median and p90 of each);
+//! - 1, 8 and 32 concurrent `add`s (wall time from first spawn to last exit).
+//!
+//! Not a criterion bench: what is measured is process spawn to exit of an
+//! external program, with concurrency. Run through `bench/hotplug/run.sh`,
+//! which builds the release binary, unpacks the stock script and sets
+//! `BLOCK_DISKSEQ_BIN` and `STOCK_BLOCK_SCRIPT`. Needs root (loop devices).
+
+#[path = "../tests/hotplug_support/mod.rs"]
+mod hotplug_support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hotplug_support::{Bed, Image, OpenedBackend};
+use vbd::schema::{node, BackendPath};
+
+struct Script {
+    name: &'static str,
+    path: PathBuf,
+    /// Play a backend that takes each device (`opened` handshake), as on a
+    /// host with this project's backend or the diskseq blkback patch.
+    with_backend: bool,
+    env: &'static [(&'static str, &'static str)],
+}
+
+fn main() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("hotplug bench: needs root (loop devices)");
+        std::process::exit(1);
+    }
+    let ours = std::env::var_os("BLOCK_DISKSEQ_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            eprintln!("hotplug bench: set BLOCK_DISKSEQ_BIN (bench/hotplug/run.sh does)");
+            std::process::exit(1)
+        });
+    let runs: usize = std::env::var("HOTPLUG_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let mut scripts = vec![
+        Script {
+            name: "block-diskseq, backend present (opened handshake)",
+            path: ours.clone(),
+            with_backend: true,
+            env: &[],
+        },
+        Script {
+            name: "block-diskseq, no backend (persistent loop)",
+            path: ours,
+            with_backend: false,
+            env: &[("BLOCK_DISKSEQ_HANDOFF", "off")],
+        },
+    ];
+    if let Some(stock) = std::env::var_os("STOCK_BLOCK_SCRIPT") {
+        scripts.push(Script {
+            name: "Xen stock block",
+            path: stock.into(),
+            with_backend: false,
+            env: &[],
+        });
+    }
+
+    let bed = Bed::new();
+    let mut next_fe = 1u32;
+    let mut results = Vec::new();
+    for script in &scripts {
+        let mut add = Vec::new();
+        let mut remove = Vec::new();
+        for _ in 0..runs {
+            let (image, backend) = prepare(&bed, &mut next_fe);
+            let blkback = script
+                .with_backend
+                .then(|| OpenedBackend::start(&bed, &backend, true));
+            add.push(time(spawn(&bed, script, "add", &backend)));
+            assert_published(&bed, &backend, script);
+            if let Some(blkback) = blkback {
+                // The guest goes away: the backend closes, the device autoclears.
+                blkback.release().expect("backend held the device");
+            }
+            remove.push(time(spawn(&bed, script, "remove", &backend)));
+            teardown(&bed, &backend, &image);
+        }
+        let mut concurrent = Vec::new();
+        for k in [1usize, 8, 32] {
+            let reps = if k == 32 { 5 } else { 7 };
+            let mut walls = Vec::new();
+            for _ in 0..reps {
+                let set: Vec<_> = (0..k).map(|_| prepare(&bed, &mut next_fe)).collect();
+                let backends: Vec<_> = set
+                    .iter()
+                    .filter(|_| script.with_backend)
+                    .map(|(_, b)| OpenedBackend::start(&bed, b, true))
+                    .collect();
+                let start = Instant::now();
+                let children: Vec<Child> = set
+                    .iter()
+                    .map(|(_, b)| spawn(&bed, script, "add", b))
+                    .collect();
+                for mut child in children {
+                    let status = child.wait().unwrap();
+                    assert!(status.success(), "{}: concurrent add failed", script.name);
+                }
+                walls.push(start.elapsed());
+                for blkback in backends {
+                    blkback.release().expect("backend held the device");
+                }
+                for (image, backend) in &set {
+                    assert_published(&bed, backend, script);
+                    time(spawn(&bed, script, "remove", backend));
+                    teardown(&bed, backend, image);
+                }
+            }
+            concurrent.push((k, median(&mut walls)));
+        }
+        results.push((script.name, stats(&mut add), stats(&mut remove), concurrent));
+    }
+
+    println!("| script | add median | add p90 | remove median | remove p90 | 1 add (wall) | 8 concurrent | 32 concurrent | 32 conc. / 1 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, add, remove, conc) in &results {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.1}× |",
+            ms(add.0),
+            ms(add.1),
+            ms(remove.0),
+            ms(remove.1),
+            ms(conc[0].1),
+            ms(conc[1].1),
+            ms(conc[2].1),
+            conc[2].1.as_secs_f64() / conc[0].1.as_secs_f64()
+        );
+    }
+    if let Some((_, stock_add, stock_rm, stock_c)) =
+        results.iter().find(|r| r.0 == "Xen stock block")
+    {
+        let ratio = |stock: Duration, ours: Duration| stock.as_secs_f64() / ours.as_secs_f64();
+        for (name, add, rm, conc) in results.iter().filter(|r| r.0 != "Xen stock block") {
+            println!();
+            println!("stock / {name}:");
+            println!(
+                "- median add: {:.0}×, median remove: {:.0}×",
+                ratio(stock_add.0, add.0),
+                ratio(stock_rm.0, rm.0)
+            );
+            for (i, (k, wall)) in conc.iter().enumerate() {
+                println!("- {k} concurrent adds: {:.0}×", ratio(stock_c[i].1, *wall));
+            }
+        }
+    }
+    println!("\n({runs} sequential runs per script; concurrent: median of 7 (32: 5) repetitions)");
+}
+
+/// A fresh image and backend directory, as libxl leaves them when it runs
+/// the script (backend probed: state 2).
+fn prepare(bed: &Bed, next_fe: &mut u32) -> (Image, BackendPath) {
+    let fe = *next_fe;
+    *next_fe += 1;
+    let image = bed.image(&format!("bench-{fe}.img"), 64);
+    let backend = bed.libxl_add(fe, 51712, image.path_bytes(), "w");
+    bed.write(&backend, node::STATE, "2");
+    (image, backend)
+}
+
+fn spawn(bed: &Bed, script: &Script, cmd: &str, backend: &BackendPath) -> Child {
+    Command::new(&script.path)
+        .arg(cmd)
+        .env("XENSTORED_PATH", &bed.socket)
+        .env("XENBUS_PATH", backend.relative())
+        .env("XENBUS_TYPE", "vbd")
+        .env("XENBUS_BASE_PATH", "backend")
+        .env("script", &script.path)
+        .envs(script.env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", script.path.display()))
+}
+
+fn time(mut child: Child) -> Duration {
+    let start = Instant::now();
+    let status = child.wait().unwrap();
+    let elapsed = start.elapsed();
+    assert!(status.success(), "script failed");
+    elapsed
+}
+
+fn assert_published(bed: &Bed, backend: &BackendPath, script: &Script) {
+    assert!(
+        bed.read(backend, node::PHYSICAL_DEVICE).is_some(),
+        "{}: no physical-device after add",
+        script.name
+    );
+}
+
+/// What libxl does after `remove`: delete the directories.
+fn teardown(bed: &Bed, backend: &BackendPath, image: &Image) {
+    let mut client = bed.client();
+    client.rm(&backend.absolute(0)).unwrap();
+    let _ = client.rm(&format!("/local/domain/{}", backend.frontend_domid()));
+    assert!(
+        image.loops().is_empty(),
+        "remove left {} attached",
+        image.path.display()
+    );
+    let _ = std::fs::remove_file(&image.path);
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn stats(v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[(v.len() * 9 / 10).min(v.len() - 1)])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}

@@ -1,0 +1,82 @@
+//! Loop devices bound to a given file, for the sharing check.
+//!
+//! Found through `/proc/partitions`, which lists only block devices with a
+//! capacity: unbound loop minors (a busy host can accumulate hundreds) cost
+//! nothing, where walking `/sys/block` costs a path lookup per minor. Each
+//! candidate is then opened and asked (`LOOP_GET_STATUS64`) which inode it
+//! is bound to: the kernel's answer, not a name. A loop device bound to an
+//! empty file has no capacity and is not listed; it cannot serve a disk.
+
+use std::path::{Path, PathBuf};
+
+use diskseq::{Access, BlockDevice, DevNum, FileId, LoopInfo};
+
+use super::error::HotplugError;
+
+/// The block major of loop devices.
+const LOOP_MAJOR: u32 = 7;
+
+/// Bound loop devices whose backing file is `backing`.
+pub fn bound_to(proc_root: &Path, backing: FileId) -> Result<Vec<LoopInfo>, HotplugError> {
+    let path = proc_root.join("partitions");
+    let text = std::fs::read_to_string(&path).map_err(|source| HotplugError::Io {
+        path: path.clone(),
+        op: "reading",
+        source,
+    })?;
+    let mut found = Vec::new();
+    for (dev, name) in loop_disks(&text) {
+        // Detached or removed since the listing: not a user.
+        let Ok(device) = BlockDevice::open(&Path::new("/dev").join(&name), Access::ReadOnly) else {
+            continue;
+        };
+        if device.dev() != dev {
+            continue;
+        }
+        if let Some(info) = diskseq::loop_info(&device)? {
+            if info.backing == backing {
+                found.push(info);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whole loop disks in a `/proc/partitions` text: `(dev, name)`.
+fn loop_disks(text: &str) -> impl Iterator<Item = (DevNum, PathBuf)> + '_ {
+    text.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let major: u32 = fields.next()?.parse().ok()?;
+        let minor: u32 = fields.next()?.parse().ok()?;
+        let _blocks = fields.next()?;
+        let name = fields.next()?;
+        let number = name.strip_prefix("loop")?;
+        let whole_disk =
+            major == LOOP_MAJOR && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+        whole_disk.then(|| (DevNum { major, minor }, PathBuf::from(name)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_loop_disks_are_candidates() {
+        let text = "major minor  #blocks  name\n\n 254        0  268435456 vda\n   7        3      65536 loop3\n 259        0       1024 loop3p1\n   7       12       4096 loop12\n   7       13       4096 loopy\n";
+        let disks: Vec<_> = loop_disks(text).collect();
+        assert_eq!(
+            disks,
+            vec![
+                (DevNum { major: 7, minor: 3 }, PathBuf::from("loop3")),
+                (
+                    DevNum {
+                        major: 7,
+                        minor: 12
+                    },
+                    PathBuf::from("loop12")
+                ),
+            ]
+        );
+    }
+}
