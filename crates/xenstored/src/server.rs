@@ -465,8 +465,11 @@ impl Server {
             }
             touched.push(sub.conn);
         });
+        // Send each change's events now rather than at the end of the turn:
+        // watchers start reading while the daemon is still fanning out.
         for id in touched {
             self.after_queue(id);
+            self.flush(id);
         }
     }
 
