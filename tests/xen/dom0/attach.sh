@@ -37,8 +37,8 @@ attach_roundtrip() {
     xt_evidence_cmd "xl block-attach" cat "$XT_STATE/attach.out"
     xt_expect_eq "xl block-attach exit status" "$rc" 0
 
-    xt_check "backend $be reaches Connected (4)" wait_for 15 xs_equals "$be/state" 4
-    xt_check "dom0 blkfront shows /dev/$vdev" wait_for 15 test -b "/dev/$vdev"
+    xt_check "backend $be reaches Connected (4)" wait_for "$XT_WAIT" xs_equals "$be/state" 4
+    xt_check "dom0 blkfront shows /dev/$vdev" wait_for "$XT_WAIT" test -b "/dev/$vdev"
     xt_evidence "attach to Connected+blkfront in $(($(ms_now) - t0)) ms"
     dump_backend "$be"
     dump_vbd_sysfs "$vbd"
@@ -76,10 +76,10 @@ attach_roundtrip() {
     xt_evidence "xl block-detach exit=$rc in $(($(ms_now) - t0)) ms"
     xt_evidence_cmd "xl block-detach" cat "$XT_STATE/detach.out"
     xt_expect_eq "xl block-detach exit status" "$rc" 0
-    xt_check "backend dir $be removed" wait_for 10 xs_absent "$be"
+    xt_check "backend dir $be removed" wait_for "$XT_WAIT" xs_absent "$be"
     xt_check "/dev/$vdev gone" wait_for 10 test ! -e "/dev/$vdev"
     if [ "$kind" = file ]; then
-        xt_check "no loop device left for $img" wait_for 5 no_loops_of "$img"
+        xt_check "no loop device left for $img" wait_for 10 no_loops_of "$img"
     else
         xt_expect_eq "the script left the caller's own $own_loop alone" "$(loops_of "$img")" "$own_loop"
         losetup -d "$own_loop"
@@ -89,6 +89,7 @@ attach_roundtrip() {
             "$(dd if="$img" bs=512 skip=2048 count=1 status=none | tr -d ' \0')" "$token"
     fi
     xt_evidence_cmd "losetup after detach" losetup -a
+    return 0
 }
 
 # Checks what block-diskseq must leave in xenstore beyond the stock contract.
@@ -104,7 +105,11 @@ diskseq_node_checks() {
     xt_expect_eq "diskseq node equals the served disk's diskseq" "$node" "$(printf '%x' "${kernel_seq:-0}")"
     xt_expect_eq "physical-device-path names the served device" \
         "$(stat -L -c '%t:%T' "$(xs_read "$be/physical-device-path")" 2>/dev/null)" "$pdev"
-    # The script logs to stderr (which libxl passes to xl's) or the hotplug log.
-    xt_check "the script's log shows its wait for blkback's physical_device" \
-        grep -q 'physical_device' /var/log/xen/xen-hotplug.log "$XT_STATE/attach.out"
+    # The script logs to the hotplug log (or to stderr, which xl passes on).
+    local logs=(/var/log/xen/xen-hotplug.log "$XT_STATE/attach.out")
+    xt_check "the script's log shows it waiting for blkback's sysfs physical_device" \
+        grep -q "until .*/vbd-0-${be##*/}/physical_device = $pdev" "${logs[@]}"
+    xt_check "the script's log shows the wait ending with blkback holding the device" \
+        grep -q 'backend holds the device after' "${logs[@]}"
+    return 0
 }

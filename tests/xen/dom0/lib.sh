@@ -15,6 +15,9 @@ XT_SCENARIO=${XT_SCENARIO:-dom0}
 DISKSEQ_SCRIPT=/usr/local/bin/block-diskseq
 STOCK_SCRIPT=/etc/xen/scripts/block
 NAIVE_SCRIPT=/xentest/naive-block
+# Seconds to wait for a state change. Generous: under TCG on a busy 2-core
+# host, one blkback connect has been seen to take over 15 s.
+XT_WAIT=${XT_WAIT:-30}
 
 xt_say() { echo "XENTEST NOTE $*"; }
 xt_evidence() { echo "XENTEST EVIDENCE $XT_SCENARIO $*"; }
@@ -83,8 +86,12 @@ make_image() {
 }
 
 # The tag at the start of an image or device (what a reader sees first).
+# Devices are read with O_DIRECT so the page cache cannot answer for them
+# (tmpfs files do not take O_DIRECT).
 read_tag() {
-    dd if="$1" bs=4096 count=1 iflag=direct status=none 2>/dev/null | head -1 | tr -cd 'A-Za-z0-9 _.:-'
+    local direct=
+    [ -b "$1" ] && direct=iflag=direct
+    dd if="$1" bs=4096 count=1 $direct status=none 2>/dev/null | head -1 | tr -cd 'A-Za-z0-9 _.:-'
 }
 
 # Loop devices bound to a backing file.
@@ -122,17 +129,20 @@ xt_cleanup() {
 # Runs one scenario file under a time budget and prints its verdict.
 xt_run_scenario() {
     local name=$1 budget=${2:-120} start rc reason=
+    shift 2
     start=$(ms_now)
     echo "XENTEST BEGIN $name"
     rm -f "$XT_STATE/$name.failed"
-    XT_SCENARIO=$name timeout -k 5 "$budget" bash /xentest/scenarios/"$name".sh
+    XT_SCENARIO=$name timeout -k 5 "$budget" bash /xentest/scenarios/"$name".sh "$@" </dev/null
     rc=$?
+    # Checks decide; an exit status only counts when no check failed (a
+    # scenario that died half-way without a failed check still fails).
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
         reason="timed out after $budget s"
-    elif [ "$rc" != 0 ]; then
-        reason="scenario exited $rc"
     elif [ -s "$XT_STATE/$name.failed" ]; then
         reason="$(wc -l <"$XT_STATE/$name.failed") check(s) failed"
+    elif [ "$rc" != 0 ]; then
+        reason="scenario exited $rc"
     fi
     local secs
     secs=$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')

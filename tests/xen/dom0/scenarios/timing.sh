@@ -1,0 +1,68 @@
+# Scenario 4, second half: whole `xl block-attach` / `xl block-detach` cycles
+# of a file target, Xen's stock `block` script against block-diskseq, in the
+# same boot, alternating so that background load hits both alike.
+#   timing.sh [cycles per script (default 5)] [access (default rw)]
+# shellcheck shell=bash
+# shellcheck source=../lib.sh
+source /xentest/lib.sh
+
+cycles=${1:-5}
+access=${2:-rw}
+vdev=xvdb
+be=$(backend_dir 0 "$(vdev_devid $vdev)")
+img=/tmp/timing.img
+make_image "$img" 64 timing
+
+# One cycle: prints "<attach ms> <detach ms>" or nothing on failure.
+cycle() {
+    local script=$1 t0 attach detach
+    t0=$(ms_now)
+    xl block-attach 0 "format=raw, vdev=$vdev, access=$access, script=$script, target=$img" \
+        >"$XT_STATE/timing.out" 2>&1 || return 1
+    attach=$(($(ms_now) - t0))
+    wait_for "$XT_WAIT" xs_equals "$be/state" 4 || return 1
+    wait_for "$XT_WAIT" test -b /dev/$vdev || return 1
+    [ "$(read_tag /dev/$vdev)" = "XENTEST-IMAGE timing" ] || return 1
+    t0=$(ms_now)
+    xl block-detach 0 $vdev >>"$XT_STATE/timing.out" 2>&1 || return 1
+    detach=$(($(ms_now) - t0))
+    wait_for "$XT_WAIT" xs_absent "$be" || return 1
+    wait_for 10 no_loops_of "$img" || return 1
+    echo "$attach $detach"
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (NR % 2) print v[(NR + 1) / 2]; else print int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
+declare -A ok=([stock]=0 [diskseq]=0)
+: >"$XT_STATE/timing-stock" && : >"$XT_STATE/timing-diskseq"
+for ((i = 1; i <= cycles; i++)); do
+    for which in stock diskseq; do
+        script=$STOCK_SCRIPT
+        [ $which = diskseq ] && script=$DISKSEQ_SCRIPT
+        if result=$(cycle "$script"); then
+            ok[$which]=$((ok[$which] + 1))
+            echo "$result" >>"$XT_STATE/timing-$which"
+            xt_evidence "cycle $i $which: attach ${result% *} ms, detach ${result#* } ms"
+        else
+            xt_evidence "cycle $i $which failed"
+            xt_evidence_cmd "xl" cat "$XT_STATE/timing.out"
+            xt_cleanup
+        fi
+    done
+done
+
+for which in stock diskseq; do
+    xt_expect_eq "$which: all $cycles cycles attached, read the image and detached cleanly" "${ok[$which]}" "$cycles"
+    xt_figure "${which}_attach_median_ms" "$(cut -d' ' -f1 "$XT_STATE/timing-$which" | median)"
+    xt_figure "${which}_detach_median_ms" "$(cut -d' ' -f2 "$XT_STATE/timing-$which" | median)"
+done
+s_att=$(cut -d' ' -f1 "$XT_STATE/timing-stock" | median)
+d_att=$(cut -d' ' -f1 "$XT_STATE/timing-diskseq" | median)
+s_det=$(cut -d' ' -f2 "$XT_STATE/timing-stock" | median)
+d_det=$(cut -d' ' -f2 "$XT_STATE/timing-diskseq" | median)
+if [ "${ok[stock]}" -gt 0 ] && [ "${ok[diskseq]}" -gt 0 ]; then
+    xt_figure attach_ratio_stock_over_diskseq "$(awk -v a="$s_att" -v b="$d_att" 'BEGIN { printf "%.2f", a / b }')"
+    xt_figure detach_ratio_stock_over_diskseq "$(awk -v a="$s_det" -v b="$d_det" 'BEGIN { printf "%.2f", a / b }')"
+fi
+xt_figure access "$access"
+xt_figure cycles_per_script "$cycles"
