@@ -256,31 +256,27 @@ fn transaction_op(c: &mut Conn, i: usize) {
     c.call(MsgType::TransactionEnd, id, b"T\0");
 }
 
-/// Median and 99th percentile of the time from a write until every one of
-/// `watchers` connections has read its event.
-fn fanout_latency(
-    writer: &mut Conn,
-    watchers: &mut [Conn],
-    samples: usize,
-) -> (Duration, Duration) {
-    let mut times = Vec::with_capacity(samples);
-    for i in 0..samples {
-        let start = Instant::now();
-        writer.send(
-            MsgType::Write,
-            0,
-            &write_arg("/fan", i.to_string().as_bytes()),
-        );
-        for w in watchers.iter_mut() {
-            let event = w.frame();
-            debug_assert_eq!(event.msg_type, MsgType::WatchEvent as u32);
-        }
-        times.push(start.elapsed());
-        let ack = writer.frame();
-        assert_eq!(ack.payload, b"OK\0");
+/// One sample: the time from a write until every watcher has read its
+/// event.
+fn fanout_once(writer: &mut Conn, watchers: &mut [Conn], i: usize) -> Duration {
+    let start = Instant::now();
+    writer.send(
+        MsgType::Write,
+        0,
+        &write_arg("/fan", i.to_string().as_bytes()),
+    );
+    for w in watchers.iter_mut() {
+        let event = w.frame();
+        debug_assert_eq!(event.msg_type, MsgType::WatchEvent as u32);
     }
-    times.sort();
-    (times[samples / 2], times[samples * 99 / 100])
+    let elapsed = start.elapsed();
+    let ack = writer.frame();
+    assert_eq!(ack.payload, b"OK\0");
+    elapsed
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
 fn row(what: &str, m: Measured, unit: &str) {
@@ -342,8 +338,6 @@ fn main() {
         w.frame(); // the first event
     }
     let mut writer = Conn::connect(&socket);
-    let (daemon_p50, daemon_p99) = fanout_latency(&mut writer, &mut watchers, samples);
-    drop(watchers);
 
     let fan_floor = dir.path().join("fan-floor");
     let event_len = "/fan\0tok0000\0".len();
@@ -351,7 +345,17 @@ fn main() {
     let mut floor_writer = Conn::connect(&fan_floor);
     thread::sleep(Duration::from_millis(50));
     let mut floor_watchers: Vec<Conn> = (0..WATCHERS).map(|_| Conn::connect(&fan_floor)).collect();
-    let (floor_p50, floor_p99) = fanout_latency(&mut floor_writer, &mut floor_watchers, samples);
+
+    // Samples alternate daemon, floor, daemon, ... (same load for both).
+    let (mut daemon_times, mut floor_times) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        daemon_times.push(fanout_once(&mut writer, &mut watchers, i));
+        floor_times.push(fanout_once(&mut floor_writer, &mut floor_watchers, i));
+    }
+    daemon_times.sort();
+    floor_times.sort();
+    let (daemon_p50, daemon_p99) = (percentile(&daemon_times, 50), percentile(&daemon_times, 99));
+    let (floor_p50, floor_p99) = (percentile(&floor_times, 50), percentile(&floor_times, 99));
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
         "| watch fan-out to {WATCHERS} watchers, median (all events read) | {:.0} µs | {:.0} µs | {:.0}% | |",
