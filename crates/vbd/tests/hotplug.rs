@@ -460,3 +460,131 @@ fn add_and_remove_round_trips_are_pinned() {
     assert_eq!(remove_trips, 3 + 5, "remove round trips");
     assert_no_loops(&image);
 }
+
+#[test]
+fn absolute_xenbus_path_works_like_the_relative_one() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("abs.img", 4);
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    let absolute = backend.absolute(0);
+    let env = [("XENBUS_PATH", absolute.as_str())];
+    let run = bed.run("add", &backend, &env);
+    run.assert_ok();
+    assert!(run.log.contains(&format!("{absolute}: ")), "{}", run.log);
+    published(&bed, &backend);
+    bed.run("remove", &backend, &env).assert_ok();
+    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
+    assert_no_loops(&image);
+}
+
+#[test]
+fn read_only_block_device_with_mode_w_is_busy() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("ro-dev.img", 4);
+    let file = std::fs::File::open(&image.path).unwrap();
+    let held = attach_loop(
+        std::os::fd::AsFd::as_fd(&file),
+        &LoopOptions {
+            autoclear: true,
+            read_only: true,
+            ..LoopOptions::default()
+        },
+    );
+    let params = held.path().display().to_string();
+    let backend = bed.libxl_add(5, 768, params.as_bytes(), "w");
+    bed.run("add", &backend, &[]).assert_failed();
+    assert_eq!(
+        bed.read(&backend, node::HOTPLUG_STATUS).as_deref(),
+        Some("busy")
+    );
+    assert!(bed
+        .read(&backend, node::HOTPLUG_ERROR)
+        .unwrap()
+        .contains(&format!("{params} is read-only")));
+    let reader = bed.libxl_add(6, 768, params.as_bytes(), "r");
+    bed.run("add", &reader, &[]).assert_ok();
+    bed.run("remove", &reader, &[]).assert_ok();
+    drop(held);
+    assert_no_loops(&image);
+}
+
+/// Removes what the dm test put into the host's /dev on every exit path.
+struct DevMapperLink {
+    link: std::path::PathBuf,
+    created_dir: bool,
+}
+
+impl Drop for DevMapperLink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.link);
+        if self.created_dir {
+            let _ = std::fs::remove_dir("/dev/mapper");
+        }
+    }
+}
+
+/// `/dev/mapper/NAME` must open a device whose dm name is NAME: a dm device
+/// can be removed and another created under the same path. There is no
+/// device-mapper here, so a symlink stands in for udev's and a stand-in
+/// sysfs says which dm name the opened device has.
+#[test]
+fn dev_mapper_targets_must_carry_their_dm_name() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("dm.img", 4);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image.path)
+        .unwrap();
+    let held = attach_loop(
+        std::os::fd::AsFd::as_fd(&file),
+        &LoopOptions {
+            autoclear: true,
+            ..LoopOptions::default()
+        },
+    );
+    let name = format!("diskseq-test-{}", std::process::id());
+    let created_dir = std::fs::create_dir("/dev/mapper").is_ok();
+    let link = std::path::Path::new("/dev/mapper").join(&name);
+    let _cleanup = DevMapperLink {
+        link: link.clone(),
+        created_dir,
+    };
+    std::os::unix::fs::symlink(held.path(), &link).unwrap();
+    let dev = held.id().dev();
+    let sysfs = bed.dir.path().join("dm-sys");
+    let dm_dir = sysfs.join(format!("dev/block/{}:{}/dm", dev.major, dev.minor));
+    std::fs::create_dir_all(&dm_dir).unwrap();
+    let sysfs_env = [("BLOCK_DISKSEQ_SYSFS", sysfs.to_str().unwrap())];
+
+    std::fs::write(dm_dir.join("name"), format!("{name}\n")).unwrap();
+    let good = bed.libxl_add(5, 768, link.to_str().unwrap().as_bytes(), "r");
+    bed.run("add", &good, &sysfs_env).assert_ok();
+    assert_eq!(published(&bed, &good).0, dev);
+    bed.run("remove", &good, &sysfs_env).assert_ok();
+
+    std::fs::write(dm_dir.join("name"), "someone-else\n").unwrap();
+    let swapped = bed.libxl_add(6, 768, link.to_str().unwrap().as_bytes(), "r");
+    bed.run("add", &swapped, &sysfs_env).assert_failed();
+    let err = bed.read(&swapped, node::HOTPLUG_ERROR).unwrap();
+    assert!(err.contains("is dm device \"someone-else\""), "{err}");
+
+    std::fs::remove_dir_all(&dm_dir).unwrap();
+    let not_dm = bed.libxl_add(7, 768, link.to_str().unwrap().as_bytes(), "r");
+    bed.run("add", &not_dm, &sysfs_env).assert_failed();
+    assert!(bed
+        .read(&not_dm, node::HOTPLUG_ERROR)
+        .unwrap()
+        .contains("is not a device-mapper device"));
+    drop(held);
+    assert_no_loops(&image);
+}
