@@ -42,9 +42,21 @@ fn main() {
     println!("| backend | median µs | p90 µs | p99 µs |");
     println!("|---|---:|---:|---:|");
     for (label, policy, method) in [
-        ("diskseq check, open by number", DiskseqPolicy::Verify, OpenMethod::ByNumber),
-        ("diskseq check, open by diskseq", DiskseqPolicy::Verify, OpenMethod::ByDiskseq),
-        ("no check (stock blkback model)", DiskseqPolicy::Ignore, OpenMethod::ByNumber),
+        (
+            "diskseq check, open by number",
+            DiskseqPolicy::Verify,
+            OpenMethod::ByNumber,
+        ),
+        (
+            "diskseq check, open by diskseq",
+            DiskseqPolicy::Verify,
+            OpenMethod::ByDiskseq,
+        ),
+        (
+            "no check (stock blkback model)",
+            DiskseqPolicy::Ignore,
+            OpenMethod::ByNumber,
+        ),
     ] {
         let samples = publish_to_connected(runs, policy, method);
         let (p50, p90, p99) = percentiles(&samples);
@@ -56,15 +68,31 @@ fn main() {
         scripts.push(("Xen stock block", PathBuf::from(stock)));
     }
     println!("\n## toolstack attach → Connected (file targets, script as a child process)\n");
-    println!("| script | 1 disk: median ms | 1 disk: p90 ms | 32 concurrent: median wall ms | 32 concurrent: max ms |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| script | 1 disk: median ms | 1 disk: p90 ms | 32 concurrent: median wall ms | 32 concurrent: max ms | failed attaches |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for (label, script) in &scripts {
-        let single: Vec<f64> = (0..20).map(|_| attach_wall(script, 1)).collect();
+        let mut failed = 0;
+        let mut single = Vec::new();
+        for _ in 0..20 {
+            let (wall, failures) = attach_wall(script, 1);
+            single.push(wall);
+            failed += failures;
+        }
         let (s50, s90, _) = percentiles(&single);
-        let many: Vec<f64> = (0..5).map(|_| attach_wall(script, 32)).collect();
+        let mut many = Vec::new();
+        for _ in 0..5 {
+            let (wall, failures) = attach_wall(script, 32);
+            many.push(wall);
+            failed += failures;
+        }
         let (m50, _, _) = percentiles(&many);
         let max = many.iter().copied().fold(0.0, f64::max);
-        println!("| {label} | {s50:.1} | {s90:.1} | {m50:.1} | {max:.1} |");
+        println!(
+            "| {label} | {s50:.1} | {s90:.1} | {m50:.1} | {max:.1} | {failed} of {} |",
+            20 + 5 * 32
+        );
     }
 }
 
@@ -171,9 +199,11 @@ fn publish_to_connected(runs: usize, policy: DiskseqPolicy, method: OpenMethod) 
     samples
 }
 
-/// Milliseconds from the first attach's start to the last disk Connected,
-/// `k` disks attached concurrently, then all detached.
-fn attach_wall(script: &Path, k: usize) -> f64 {
+/// Milliseconds from the first attach's start to the last disk Connected
+/// (`k` disks attached concurrently), and how many attaches failed (the
+/// stock script's find-then-attach loses races under load). Everything is
+/// detached afterwards, failed or not.
+fn attach_wall(script: &Path, k: usize) -> (f64, usize) {
     let env = Env::new(&[GUEST]);
     let _backend = env.start_backend(env.backend_config(0));
     let _guest = env.start_frontend(GUEST);
@@ -182,18 +212,34 @@ fn attach_wall(script: &Path, k: usize) -> f64 {
         .collect();
     let socket = env.socket();
     let started = Instant::now();
-    thread::scope(|s| {
-        for (i, image) in images.iter().enumerate() {
-            let socket = socket.clone();
-            s.spawn(move || {
-                let devid = 2000 + u32::try_from(i).unwrap();
-                let toolstack = Toolstack::new(Some(socket.clone()));
-                let report = toolstack.attach(&spec(devid, image, script)).expect("attach");
-                let mut client = Client::connect_socket(&socket).unwrap();
-                let path = BackendPath::parse(&report.backend).unwrap();
-                wait_connected(&mut client, &path, &format!("bench-{i}"));
-            });
-        }
+    let failures = thread::scope(|s| {
+        let handles: Vec<_> = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| {
+                let socket = socket.clone();
+                s.spawn(move || {
+                    let devid = 2000 + u32::try_from(i).unwrap();
+                    let toolstack = Toolstack::new(Some(socket.clone()));
+                    match toolstack.attach(&spec(devid, image, script)) {
+                        Ok(report) => {
+                            let mut client = Client::connect_socket(&socket).unwrap();
+                            let path = BackendPath::parse(&report.backend).unwrap();
+                            wait_connected(&mut client, &path, &format!("bench-{i}"));
+                            0
+                        }
+                        Err(e) => {
+                            eprintln!("backend bench: attach {devid}: {e}");
+                            1
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(1))
+            .sum::<usize>()
     });
     let wall = started.elapsed().as_secs_f64() * 1000.0;
     thread::scope(|s| {
@@ -201,14 +247,35 @@ fn attach_wall(script: &Path, k: usize) -> f64 {
             let socket = socket.clone();
             s.spawn(move || {
                 let devid = 2000 + u32::try_from(i).unwrap();
-                Toolstack::new(Some(socket))
-                    .detach(GUEST, &Vdev::from_devid(devid), 0)
-                    .expect("detach");
+                if let Err(e) =
+                    Toolstack::new(Some(socket)).detach(GUEST, &Vdev::from_devid(devid), 0)
+                {
+                    eprintln!("backend bench: detach {devid}: {e}");
+                }
             });
         }
     });
     for image in &images {
-        wait_detached(image);
+        release_image(image);
     }
-    wall
+    (wall, failures)
+}
+
+/// Waits for `image`'s loop devices to go; detaches (verified) any that a
+/// failed script run left behind, so the bench never leaks a device.
+fn release_image(image: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while image_attached(image) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let id = diskseq::FileId::of(std::fs::File::open(image).expect("image")).expect("image id");
+    for info in diskseq::list_loops().expect("list loops") {
+        if info.backing == id {
+            eprintln!("backend bench: detaching leftover {}", info.path.display());
+            if let Err(e) = diskseq::detach_verified(&info.id, Some(info.backing)) {
+                eprintln!("backend bench: {}: {e}", info.path.display());
+            }
+        }
+    }
+    wait_detached(image);
 }
