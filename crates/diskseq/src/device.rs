@@ -6,11 +6,12 @@
 //! different device by the time it is opened.
 
 use std::fs;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use rustix::fs::{FileType, Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
@@ -36,8 +37,8 @@ impl Access {
 }
 
 /// An open block device together with the identity the kernel reported for
-/// it on that fd. Properties are read once, at open; [`current_seq`]
-/// re-asks the kernel.
+/// it on that fd. The identity is read at open; other properties on first
+/// use, then kept; [`current_seq`] re-asks the kernel.
 ///
 /// [`current_seq`]: BlockDevice::current_seq
 #[derive(Debug)]
@@ -45,11 +46,13 @@ pub struct BlockDevice {
     fd: OwnedFd,
     path: PathBuf,
     id: DiskId,
-    size_bytes: u64,
-    logical_block_size: u32,
-    physical_block_size: u32,
-    read_only: bool,
-    partition: Option<u32>,
+    // Everything below is asked on first use: proving identity (the hot
+    // path of a backend) needs only fstat and BLKGETDISKSEQ.
+    size_bytes: OnceLock<u64>,
+    logical_block_size: OnceLock<u32>,
+    physical_block_size: OnceLock<u32>,
+    read_only: OnceLock<bool>,
+    partition: OnceLock<Option<u32>>,
     discard: OnceLock<bool>,
 }
 
@@ -59,9 +62,9 @@ impl BlockDevice {
     /// A read-write open of a read-only device is refused too: the kernel
     /// would allow the open and fail every write later.
     pub fn open(path: &Path, access: Access) -> Result<Self> {
-        let fd = open_block_fd(path, access)?;
-        let device = Self::from_fd(fd, path.to_owned())?;
-        if access == Access::ReadWrite && device.read_only {
+        let (fd, stat) = open_block_fd(path, access)?;
+        let device = Self::from_stat(fd, path.to_owned(), &stat)?;
+        if access == Access::ReadWrite && device.read_only() {
             return Err(Error::ReadOnly {
                 path: device.path,
                 dev: device.id.dev(),
@@ -74,6 +77,10 @@ impl BlockDevice {
     /// [`path`](Self::path).
     pub fn from_fd(fd: OwnedFd, path: PathBuf) -> Result<Self> {
         let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", &path, e))?;
+        Self::from_stat(fd, path, &stat)
+    }
+
+    fn from_stat(fd: OwnedFd, path: PathBuf, stat: &Stat) -> Result<Self> {
         let file_type = FileType::from_raw_mode(stat.st_mode);
         if file_type != FileType::BlockDevice {
             return Err(Error::NotBlockDevice {
@@ -89,23 +96,15 @@ impl BlockDevice {
         let Some(seq) = seq else {
             return Err(Error::NoDiskSeq { path, dev });
         };
-        let fd_ref = fd.as_fd();
-        let size_bytes =
-            ioctl::size_bytes(fd_ref).map_err(|e| Error::io("BLKGETSIZE64 on", &path, e))?;
-        let logical_block_size =
-            ioctl::logical_block_size(fd_ref).map_err(|e| Error::io("BLKSSZGET on", &path, e))?;
-        let physical_block_size =
-            ioctl::physical_block_size(fd_ref).map_err(|e| Error::io("BLKPBSZGET on", &path, e))?;
-        let read_only = ioctl::read_only(fd_ref).map_err(|e| Error::io("BLKROGET on", &path, e))?;
         Ok(BlockDevice {
-            partition: sysfs::partition_number(dev),
             fd,
             path,
             id: DiskId::new(dev, seq),
-            size_bytes,
-            logical_block_size,
-            physical_block_size,
-            read_only,
+            size_bytes: OnceLock::new(),
+            logical_block_size: OnceLock::new(),
+            physical_block_size: OnceLock::new(),
+            read_only: OnceLock::new(),
+            partition: OnceLock::new(),
             discard: OnceLock::new(),
         })
     }
@@ -125,24 +124,38 @@ impl BlockDevice {
         &self.path
     }
 
-    /// Size in bytes.
+    /// Size in bytes (`BLKGETSIZE64`, asked on first use).
     pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.ask(&self.size_bytes, ioctl::size_bytes)
     }
 
-    /// Logical block size in bytes (the smallest addressable unit).
+    /// Logical block size in bytes, the smallest addressable unit
+    /// (`BLKSSZGET`, asked on first use).
     pub fn logical_block_size(&self) -> u32 {
-        self.logical_block_size
+        self.ask(&self.logical_block_size, ioctl::logical_block_size)
     }
 
-    /// Physical block size in bytes.
+    /// Physical block size in bytes (`BLKPBSZGET`, asked on first use).
     pub fn physical_block_size(&self) -> u32 {
-        self.physical_block_size
+        self.ask(&self.physical_block_size, ioctl::physical_block_size)
     }
 
-    /// Whether the kernel marks the device read-only.
+    /// Whether the kernel marks the device read-only (`BLKROGET`, asked on
+    /// first use).
     pub fn read_only(&self) -> bool {
-        self.read_only
+        self.ask(&self.read_only, ioctl::read_only)
+    }
+
+    /// A property from an ioctl on our own block-device fd, cached. These
+    /// ioctls cannot fail on a block device fd we hold open (no argument to
+    /// get wrong, no state they depend on), so a failure reads as zero/false
+    /// rather than burdening every accessor with a `Result`.
+    fn ask<T: Copy + Default>(
+        &self,
+        cell: &OnceLock<T>,
+        get: fn(BorrowedFd<'_>) -> std::io::Result<T>,
+    ) -> T {
+        *cell.get_or_init(|| get(self.fd.as_fd()).unwrap_or_default())
     }
 
     /// Whether the device accepts discard (from sysfs, read on first use).
@@ -152,9 +165,12 @@ impl BlockDevice {
             .get_or_init(|| sysfs::discard_supported(self.dev()))
     }
 
-    /// `Some(n)` for partition `n` of a disk, `None` for a whole disk.
+    /// `Some(n)` for partition `n` of a disk, `None` for a whole disk (from
+    /// sysfs by the fd's device number, read on first use).
     pub fn partition(&self) -> Option<u32> {
-        self.partition
+        *self
+            .partition
+            .get_or_init(|| sysfs::partition_number(self.dev()))
     }
 
     /// The diskseq now, asked again on this fd. It differs from
@@ -212,7 +228,7 @@ fn check(expected: &DiskId, found: DiskId) -> Result<()> {
 /// Opens a path that should be a block device without hanging on a FIFO
 /// (`O_NONBLOCK`, cleared again once the fd is known to be a block device)
 /// and without acquiring a controlling terminal.
-fn open_block_fd(path: &Path, access: Access) -> Result<OwnedFd> {
+fn open_block_fd(path: &Path, access: Access) -> Result<(OwnedFd, Stat)> {
     let flags = access.flags() | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
     let fd = match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => fd,
@@ -232,10 +248,10 @@ fn open_block_fd(path: &Path, access: Access) -> Result<OwnedFd> {
             what: describe(file_type),
         });
     }
-    let flags = rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::io("fcntl on", path, e))?;
-    rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)
-        .map_err(|e| Error::io("fcntl on", path, e))?;
-    Ok(fd)
+    // F_SETFL changes only the status flags (O_NONBLOCK among them); the
+    // access mode and O_CLOEXEC stay.
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(|e| Error::io("fcntl on", path, e))?;
+    Ok((fd, stat))
 }
 
 fn describe(file_type: FileType) -> &'static str {
@@ -251,24 +267,55 @@ fn describe(file_type: FileType) -> &'static str {
     }
 }
 
-/// Where to open device `dev` on this host: `/dev/block/M:m` when udev made
-/// it, else `/dev/` + the kernel's `DEVNAME` from sysfs.
-pub(crate) fn path_for(dev: DevNum) -> Result<PathBuf> {
-    let by_number = PathBuf::from(format!("/dev/block/{dev}"));
-    if fs::symlink_metadata(&by_number).is_ok() {
-        return Ok(by_number);
-    }
-    Ok(Path::new("/dev").join(sysfs::devname(dev)?))
-}
-
 /// Opens device instance `id` by number and proves on the fd that it is that
 /// instance. [`Error::Stale`] when the number now names another instance.
+///
+/// Where to look, in order: `/dev/block/M:m` (udev's link, when this host
+/// has `/dev/block`); `/dev/` + the
+/// kernel name from the `/sys/dev/block/M:m` link (one readlink; the name
+/// the kernel gives the device node unless a driver renames it); `/dev/` +
+/// `DEVNAME` from `/sys/dev/block/M:m/uevent` when the cheaper hint does
+/// not lead to device `M:m`. Whatever the name, the fd is the proof.
 pub fn open_verified(id: DiskId, access: Access) -> Result<BlockDevice> {
-    let path = path_for(id.dev())?;
-    let device = BlockDevice::open(&path, access)?;
+    let dev = id.dev();
+    let device = if udev_links() {
+        let by_number = PathBuf::from(format!("/dev/block/{dev}"));
+        match BlockDevice::open(&by_number, access) {
+            Ok(device) => device,
+            Err(Error::Io { ref source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                open_by_kernel_name(dev, access)?
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        open_by_kernel_name(dev, access)?
+    };
     // `device.id` was read from this fd just now: no need to ask again.
     check(&id, device.id)?;
     Ok(device)
+}
+
+/// Whether `/dev/block` exists (udev runs here), looked up once per process:
+/// a failed lookup costs as much as the rest of a verified open, and the
+/// answer only chooses which hint to try first.
+fn udev_links() -> bool {
+    static HAS_DEV_BLOCK: OnceLock<bool> = OnceLock::new();
+    *HAS_DEV_BLOCK.get_or_init(|| Path::new("/dev/block").is_dir())
+}
+
+/// Opens `/dev/<kernel name of dev>`, trying the sysfs link's name first
+/// and the uevent's `DEVNAME` when that does not lead to `dev`.
+fn open_by_kernel_name(dev: DevNum, access: Access) -> Result<BlockDevice> {
+    if let Some(name) = sysfs::link_name(dev) {
+        match BlockDevice::open(&Path::new("/dev").join(&name), access) {
+            Ok(device) if device.dev() == dev => return Ok(device),
+            Ok(_) => {}
+            Err(Error::Io { ref source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let path = Path::new("/dev").join(sysfs::devname(dev)?);
+    BlockDevice::open(&path, access)
 }
 
 /// Opens the disk whose diskseq is `seq` (or its partition `partition`) and

@@ -100,6 +100,14 @@ pub(crate) fn devname(dev: DevNum) -> Result<String> {
     }
 }
 
+/// The kernel's name for `dev` from the `/sys/dev/block/M:m` symlink
+/// (`.../block/loop0` → `loop0`; a `!` in a kernel name stands for `/`).
+/// `None` when there is no such device.
+pub(crate) fn link_name(dev: DevNum) -> Option<String> {
+    let target = fs::read_link(dev_dir(dev)).ok()?;
+    Some(target.file_name()?.to_str()?.replace('!', "/"))
+}
+
 /// The partition number of `dev`, `None` for a whole disk.
 pub(crate) fn partition_number(dev: DevNum) -> Option<u32> {
     read_number(&dev_dir(dev).join("partition"))
