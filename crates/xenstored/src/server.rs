@@ -31,8 +31,9 @@ const BATCH: usize = 64;
 const INPUT_LIMIT: usize = 64 * 1024;
 /// Unread output per connection before the daemon gives up on the reader.
 const OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
-/// Bytes read per `read` call.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made in a connection's input buffer before each read: one largest
+/// frame. Kept small because every idle connection holds it.
+const READ_CHUNK: usize = HEADER_SIZE + PAYLOAD_MAX;
 
 const STOP_TOKEN: u64 = 0;
 const LISTENER_BASE: u64 = 1;
