@@ -15,7 +15,7 @@
 //! about and nobody will release.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
@@ -23,7 +23,7 @@ use rustix::io::Errno;
 
 use crate::device::{open_verified, Access, BlockDevice};
 use crate::error::{Error, Result};
-use crate::id::{DevNum, DiskId, FileId};
+use crate::id::{DevNum, DiskId, DiskSeq, FileId};
 use crate::ioctl::{
     self, LO_FLAGS_AUTOCLEAR, LO_FLAGS_DIRECT_IO, LO_FLAGS_PARTSCAN, LO_FLAGS_READ_ONLY,
 };
@@ -230,8 +230,8 @@ pub enum PersistError<E> {
     Attach(Error),
     /// The caller's `record` failed; the device was detached.
     Record(E),
-    /// Clearing autoclear failed after `record`; the device detaches when
-    /// this error's caller drops it (already done), so the record is stale.
+    /// Clearing autoclear failed after `record`; the device was detached,
+    /// so what `record` wrote is now stale (and will be refused as such).
     Persist(Error),
 }
 
@@ -344,53 +344,51 @@ fn try_attach_at(
     match ioctl::loop_configure(claim.as_fd(), &config) {
         Ok(()) => {}
         // Bound by another process between GET_FREE and our O_EXCL open.
-        Err(e) if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) => return Ok(None),
+        Err(e) if is_errno(&e, Errno::BUSY) => return Ok(None),
         Err(e) => return Err(Error::io("LOOP_CONFIGURE on", path, e)),
     }
 
-    if let Err(detail) = check_binding(claim.as_fd(), backing_id, opts, &path) {
-        // We hold the only claim: whatever got bound is ours to undo.
-        let _ = ioctl::loop_clr_fd(claim.as_fd());
-        return Err(detail);
-    }
-
-    // Trade the exclusive claim for a plain fd so that others (mkfs, mount,
-    // a backend opening the device exclusively) can use the device while we
-    // hold it. The binding is pinned by `claim` while we reopen, and the new
-    // fd is checked to be the same instance.
-    let claimed_seq = match ioctl::disk_seq(claim.as_fd()) {
-        Ok(Some(seq)) => crate::DiskSeq::new(seq),
-        Ok(None) => None,
-        Err(e) => return Err(Error::io("BLKGETDISKSEQ on", path, e)),
-    };
-    let Some(claimed_seq) = claimed_seq else {
-        let _ = ioctl::loop_clr_fd(claim.as_fd());
-        return Err(Error::NoDiskSeq { path, dev });
-    };
-    let device = match BlockDevice::open(
-        &path,
-        if opts.read_only {
-            Access::ReadOnly
-        } else {
-            Access::ReadWrite
-        },
-    )
-    .and_then(|device| {
-        device
-            .verify(&DiskId::new(dev, claimed_seq))
-            .map(|()| device)
-    }) {
-        Ok(device) => device,
+    match verify_and_share(&claim, backing_id, opts, &path, dev) {
+        Ok(device) => Ok(Some(LoopDevice {
+            device,
+            backing: backing_id,
+        })),
         Err(e) => {
+            // We hold the only claim: whatever got bound is ours to undo.
             let _ = ioctl::loop_clr_fd(claim.as_fd());
-            return Err(e);
+            Err(e)
         }
+    }
+    // `claim` closes here; the shared fd in `device` keeps the binding.
+}
+
+/// Checks the binding on the exclusive `claim`, then trades the claim for a
+/// plain fd so that others (mkfs, mount, a backend opening the device
+/// exclusively) can use the device while we hold it. The binding is pinned
+/// by `claim` while we reopen, and the new fd is proven the same instance.
+fn verify_and_share(
+    claim: &OwnedFd,
+    backing_id: FileId,
+    opts: &LoopOptions,
+    path: &Path,
+    dev: DevNum,
+) -> Result<BlockDevice> {
+    check_binding(claim.as_fd(), backing_id, opts, path)?;
+    let seq = ioctl::disk_seq(claim.as_fd())
+        .map_err(|e| Error::io("BLKGETDISKSEQ on", path, e))?
+        .and_then(DiskSeq::new)
+        .ok_or_else(|| Error::NoDiskSeq {
+            path: path.to_owned(),
+            dev,
+        })?;
+    let access = if opts.read_only {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
     };
-    drop(claim);
-    Ok(Some(LoopDevice {
-        device,
-        backing: backing_id,
-    }))
+    let device = BlockDevice::open(path, access)?;
+    device.verify(&DiskId::new(dev, seq))?;
+    Ok(device)
 }
 
 /// Compares what the kernel bound with what was asked.
@@ -476,7 +474,7 @@ pub fn loop_info(dev: &BlockDevice) -> Result<Option<LoopInfo>> {
     }
     let info = match ioctl::loop_get_status(dev.as_fd()) {
         Ok(info) => info,
-        Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => return Ok(None),
+        Err(e) if is_errno(&e, Errno::NXIO) => return Ok(None),
         Err(e) => return Err(Error::io("LOOP_GET_STATUS64 on", dev.path(), e)),
     };
     let name_len = info
@@ -512,51 +510,55 @@ pub fn loop_info(dev: &BlockDevice) -> Result<Option<LoopInfo>> {
 /// kernel detaches it when the last of them closes it.
 pub fn detach_verified(id: &DiskId, backing: Option<FileId>) -> Result<()> {
     let device = open_verified(*id, Access::ReadOnly)?;
+    let path = device.path();
     if !is_loop_disk(&device) {
         return Err(Error::NotLoop {
-            path: device.path().to_owned(),
+            path: path.to_owned(),
             dev: device.dev(),
         });
     }
     let not_bound = || Error::NotBound {
-        path: device.path().to_owned(),
+        path: path.to_owned(),
         dev: device.dev(),
     };
-    let info = loop_info(&device)?.ok_or_else(not_bound)?;
-    if let Some(expected) = backing {
-        if info.backing != expected {
-            return Err(Error::WrongBacking {
-                path: info.path,
-                id: *id,
-                expected,
-                found: info.backing,
-            });
-        }
+    let status = match ioctl::loop_get_status(device.as_fd()) {
+        Ok(status) => status,
+        Err(e) if is_errno(&e, Errno::NXIO) => return Err(not_bound()),
+        Err(e) => return Err(Error::io("LOOP_GET_STATUS64 on", path, e)),
+    };
+    let found = FileId {
+        dev: status.lo_device,
+        ino: status.lo_inode,
+    };
+    if let Some(expected) = backing.filter(|expected| *expected != found) {
+        return Err(Error::WrongBacking {
+            path: path.to_owned(),
+            id: *id,
+            expected,
+            found,
+        });
     }
     match ioctl::loop_clr_fd(device.as_fd()) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => Err(not_bound()),
-        Err(e) => Err(Error::io("LOOP_CLR_FD on", device.path(), e)),
+        Err(e) if is_errno(&e, Errno::NXIO) => Err(not_bound()),
+        Err(e) => Err(Error::io("LOOP_CLR_FD on", path, e)),
     }
-    // `device` closes here; being the last opener, the kernel detaches now.
+    // `device` closes here; if ours is the last fd, the kernel detaches now.
 }
 
 /// Every bound loop device, sorted by minor.
 pub fn list_loops() -> Result<Vec<LoopInfo>> {
     let mut loops = Vec::new();
     for name in sysfs::disk_names()? {
-        if !name.starts_with("loop") {
-            continue;
+        if !name.starts_with("loop") || !sysfs::is_bound_loop(&name) {
+            continue; // not a loop device, or unbound: skip without opening
         }
-        let dir = Path::new("/sys/block").join(&name);
-        if !dir.join("loop").exists() {
-            continue; // unbound: skip without opening
-        }
-        let path = Path::new("/dev").join(&name);
-        let device = match BlockDevice::open(&path, Access::ReadOnly) {
+        let device = match BlockDevice::open(&Path::new("/dev").join(&name), Access::ReadOnly) {
             Ok(device) => device,
-            // Detached or removed while listing.
-            Err(Error::Io { ref source, .. }) if matches!(source.raw_os_error(), Some(libc_errno) if libc_errno == Errno::NXIO.raw_os_error() || libc_errno == Errno::NOENT.raw_os_error()) => {
+            // Detached (ENXIO while tearing down) or removed while listing.
+            Err(Error::Io { ref source, .. })
+                if is_errno(source, Errno::NXIO) || is_errno(source, Errno::NOENT) =>
+            {
                 continue
             }
             Err(e) => return Err(e),
@@ -567,4 +569,8 @@ pub fn list_loops() -> Result<Vec<LoopInfo>> {
     }
     loops.sort_by_key(|info| info.id.minor);
     Ok(loops)
+}
+
+fn is_errno(err: &std::io::Error, errno: Errno) -> bool {
+    err.raw_os_error() == Some(errno.raw_os_error())
 }

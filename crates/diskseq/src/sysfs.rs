@@ -122,6 +122,11 @@ pub(crate) fn discard_supported(dev: DevNum) -> bool {
     max.is_some_and(|bytes| bytes > 0)
 }
 
+/// Whether the disk named `name` is a bound loop device (`loop/` exists).
+pub(crate) fn is_bound_loop(name: &str) -> bool {
+    Path::new(SYS_BLOCK).join(name).join("loop").exists()
+}
+
 /// The backing file of bound loop device `dev`, as sysfs reports it.
 pub(crate) fn loop_backing_file(dev: DevNum) -> Option<PathBuf> {
     read_trimmed(&dev_dir(dev).join("loop/backing_file"))
