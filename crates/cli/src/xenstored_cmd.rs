@@ -80,3 +80,24 @@ pub fn run(args: XenstoredArgs) -> CmdResult {
     xenstored::run(config).map_err(|e| Failure::Error(format!("xenstored: {e}")))?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_socket_arguments() {
+        assert_eq!(
+            parse_domain_socket("5=/run/guest5.sock"),
+            Ok((5, PathBuf::from("/run/guest5.sock")))
+        );
+        assert_eq!(
+            parse_domain_socket("7=a=b"),
+            Ok((7, PathBuf::from("a=b"))),
+            "only the first = separates"
+        );
+        for bad in ["5", "x=/p", "0=/p", "5=", "-1=/p"] {
+            assert!(parse_domain_socket(bad).is_err(), "{bad}");
+        }
+    }
+}
