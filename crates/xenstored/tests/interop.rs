@@ -356,3 +356,27 @@ fn transaction_writes_fire_watches_at_commit() {
     assert_eq!(next_line(&rx), "/tx/b");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn large_directories_are_listed_through_directory_part() {
+    if !tools_available() {
+        return;
+    }
+    let bed = Bed::start();
+    let mut dom0 = bed.dom0();
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("child-with-a-long-name-{i:03}"))
+        .collect();
+    for name in &names {
+        dom0.write(&format!("/big/{name}"), "x").unwrap();
+    }
+    // More than 4096 bytes of names: DIRECTORY says E2BIG and libxenstore
+    // pages through DIRECTORY_PART.
+    let listed = ok_stdout(tool(&bed.socket(), "xenstore-list", &["/big"]), "list");
+    assert_eq!(listed.lines().collect::<Vec<_>>(), names);
+    let trace = std::fs::read_to_string(bed.dir.path().join("trace")).unwrap();
+    assert!(
+        trace.contains("DIRECTORY_PART"),
+        "libxenstore used DIRECTORY_PART"
+    );
+}
