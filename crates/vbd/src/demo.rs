@@ -115,7 +115,7 @@ pub struct RaceOutcome {
     pub swapped_in: Instance,
     /// The backend's state afterwards.
     pub backend_state: u32,
-    /// The states observed, in order, after the publish.
+    /// The states the backend wrote for the device, in order.
     pub states_seen: Vec<u32>,
     /// The error node, if the backend refused.
     pub error_node: Option<String>,
@@ -376,6 +376,12 @@ pub fn run(
     let mut tools = Toolstack::new(Some(socket.clone()));
     let hotplug_log = dir.path().join("hotplug.log");
     tools.script_log = Some(hotplug_log.clone());
+    // block-diskseq logs to Xen's hotplug log when /var/log/xen exists; the
+    // demo leaves no trace on the host, so its log goes to the temp dir.
+    tools.script_env.push((
+        "BLOCK_DISKSEQ_LOG".into(),
+        hotplug_log.display().to_string(),
+    ));
     let xvda: Vdev = "xvda".parse().map_err(|e| fail("attach")(&e))?;
     step(
         narrate,
@@ -466,24 +472,22 @@ pub fn run(
         narrate,
         "detaches that loop device and binds B.img on the same minor.".into(),
     );
-    let race_checked = run_race(
-        &tools,
-        &script,
-        &slot,
-        &checked,
-        0,
-        "diskseq backend (dom0)",
-        &image_a,
-        &image_b,
-        narrate,
-    )?;
+    let rig = RaceRig {
+        tools: &tools,
+        script: &script,
+        slot: &slot,
+        log: &log,
+        image_a: &image_a,
+        image_b: &image_b,
+    };
+    let race_checked = run_race(&rig, &checked, 0, "diskseq backend (dom0)", narrate)?;
     match &race_checked.error_node {
         Some(error) => {
             detail(narrate, format!("REFUSED, error node: \"{error}\""));
             detail(
                 narrate,
                 format!(
-                    "backend state: {} (the guest closed in turn); the backend holds nothing",
+                    "states the backend wrote: {} (Closed once the guest closed); it holds nothing",
                     race_checked
                         .states_seen
                         .iter()
@@ -507,14 +511,10 @@ pub fn run(
         ),
     );
     let race_legacy = run_race(
-        &tools,
-        &script,
-        &slot,
+        &rig,
         &legacy,
         LEGACY_BACKEND,
         "legacy backend (no diskseq check)",
-        &image_a,
-        &image_b,
         narrate,
     )?;
     match &race_legacy.served {
@@ -606,20 +606,34 @@ pub fn run(
     })
 }
 
+/// What every run of the race shares.
+struct RaceRig<'a> {
+    tools: &'a Toolstack,
+    script: &'a Path,
+    slot: &'a Arc<Mutex<RaceSlot>>,
+    /// The backends' log lines (their record of each state they wrote).
+    log: &'a Arc<Mutex<Vec<String>>>,
+    image_a: &'a Path,
+    image_b: &'a Path,
+}
+
 /// One run of the race against `backend` (backend domain `backend_domid`):
 /// guest 2's next disk, image A published, image B swapped in.
-#[allow(clippy::too_many_arguments)]
 fn run_race(
-    tools: &Toolstack,
-    script: &Path,
-    slot: &Arc<Mutex<RaceSlot>>,
+    rig: &RaceRig<'_>,
     backend: &BackendHandle,
     backend_domid: u32,
     label: &str,
-    image_a: &Path,
-    image_b: &Path,
     narrate: &mut dyn FnMut(Narration),
 ) -> Result<RaceOutcome, DemoError> {
+    let RaceRig {
+        tools,
+        script,
+        slot,
+        log,
+        image_a,
+        image_b,
+    } = *rig;
     let step = "race";
     let vdev: Vdev = if backend_domid == 0 { "xvda" } else { "xvdb" }
         .parse()
@@ -677,24 +691,17 @@ fn run_race(
         })
         .map_err(|e| fail(step)(&e))?;
 
-    // Wait for the backend's verdict (Connected, or Closing/Closed),
-    // noting each state it passes through.
+    // Wait for the backend's verdict: Connected, or Closed (a refusing
+    // backend goes Closing and the guest's Closed follows at once).
     let state_node = path.node(node::STATE);
     let deadline = Instant::now() + WAIT;
-    let mut states: Vec<XenbusState> = Vec::new();
     let state = loop {
         let state = client
             .read_opt(&state_node)
             .map_err(|e| fail(step)(&e))?
             .and_then(|raw| XenbusState::from_node(&raw).ok());
-        if let Some(s) = state.filter(|s| states.last() != Some(s)) {
-            states.push(s);
-        }
         match state {
-            Some(XenbusState::Connected | XenbusState::Closed) => {
-                break state.unwrap_or(XenbusState::Unknown)
-            }
-            // A refusing backend goes Closing; the guest's Closed follows.
+            Some(s @ (XenbusState::Connected | XenbusState::Closed)) => break s,
             Some(XenbusState::Closing)
                 if Instant::now() + Duration::from_millis(500) > deadline =>
             {
@@ -709,6 +716,14 @@ fn run_race(
         }
         std::thread::sleep(Duration::from_millis(1));
     };
+    // The states the backend wrote for this device, from its own log.
+    let prefix = format!("{}: state ", path.dir());
+    let states: Vec<u32> = log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|line| line.strip_prefix(&prefix)?.split(' ').next()?.parse().ok())
+        .collect();
     let swapped = slot
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -743,7 +758,7 @@ fn run_race(
         published,
         swapped_in,
         backend_state: state.as_u32(),
-        states_seen: states.iter().map(|s| s.as_u32()).collect(),
+        states_seen: states,
         error_node,
         connected: state == XenbusState::Connected,
         served,

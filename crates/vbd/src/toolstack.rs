@@ -154,6 +154,8 @@ pub struct Toolstack {
     pub timeouts: Timeouts,
     /// Where scripts' output goes; `None`: our stderr, as libxl does.
     pub script_log: Option<PathBuf>,
+    /// Extra environment for scripts (e.g. where a script should log).
+    pub script_env: Vec<(String, String)>,
 }
 
 impl Toolstack {
@@ -164,6 +166,7 @@ impl Toolstack {
             xenstored: socket,
             timeouts: Timeouts::default(),
             script_log: None,
+            script_env: Vec::new(),
         }
     }
 
@@ -346,6 +349,7 @@ impl Toolstack {
             xenstored: self.xenstored.as_deref(),
             timeout: self.timeouts.hotplug,
             log: self.script_log.as_deref(),
+            env: &self.script_env,
         })
         .map_err(|source| ToolstackError::Spawn {
             script: script.to_owned(),

@@ -94,6 +94,8 @@ pub struct ScriptRun<'a> {
     /// Append the script's stdout and stderr to this file instead of
     /// passing them to our stderr (the demo keeps its output readable so).
     pub log: Option<&'a Path>,
+    /// Extra environment for the script (after libxl's variables).
+    pub env: &'a [(String, String)],
 }
 
 /// Runs the script to completion (or to the timeout).
@@ -132,6 +134,7 @@ pub fn run(run: &ScriptRun<'_>) -> io::Result<ScriptOutcome> {
     if let Some(socket) = run.xenstored {
         command.env("XENSTORED_PATH", socket);
     }
+    command.envs(run.env.iter().map(|(k, v)| (k, v)));
     let mut child = command.spawn().map_err(context)?;
     let pidfd =
         pidfd_open(Pid::from_child(&child), PidfdFlags::empty()).map_err(|e| context(e.into()))?;
