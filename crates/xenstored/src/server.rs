@@ -62,8 +62,11 @@ struct Conn {
     interest: EventFlags,
     queued_for_processing: bool,
     dirty: bool,
-    /// The peer will send nothing more; close once its requests are done.
+    /// The peer will send nothing more (it half-closed or closed): close
+    /// once its requests are answered and the answers written.
     eof: bool,
+    /// The peer closed completely: nothing can be written to it either.
+    gone: bool,
     closing: bool,
 }
 
@@ -87,6 +90,11 @@ impl Conn {
             }
             None => false,
         }
+    }
+
+    /// Half-closed, every request answered and every answer written.
+    fn finished(&self) -> bool {
+        self.eof && !self.has_complete_frame() && self.pending_output() == 0
     }
 
     fn outstanding_full(&self, limit: usize) -> bool {
@@ -256,6 +264,7 @@ impl Server {
                 queued_for_processing: false,
                 dirty: false,
                 eof: false,
+                gone: false,
                 closing: false,
             });
         }
@@ -273,6 +282,16 @@ impl Server {
     }
 
     fn on_conn_event(&mut self, id: ConnId, flags: EventFlags) {
+        if flags.intersects(EventFlags::HUP | EventFlags::ERR) {
+            // The peer is gone for good. epoll keeps reporting this whatever
+            // we ask for, so the connection must finish (what it sent is
+            // still handled) or close now — even if it was paused.
+            if let Some(conn) = self.conn(id) {
+                conn.eof = true;
+                conn.gone = true;
+            }
+            self.schedule(id);
+        }
         if flags.intersects(EventFlags::OUT) {
             self.mark_dirty(id);
         }
@@ -357,7 +376,7 @@ impl Server {
                 return;
             };
             if conn.outstanding_full(outstanding) {
-                return;
+                break;
             }
             let message = match Message::parse(conn.pending_input()) {
                 Ok(Some((message, used))) => {
@@ -392,7 +411,7 @@ impl Server {
         let runnable = conn.has_complete_frame() && !conn.outstanding_full(outstanding);
         if runnable {
             self.schedule(id);
-        } else if conn.eof {
+        } else if conn.gone || conn.finished() {
             self.doom(id);
         }
     }
@@ -541,7 +560,7 @@ impl Server {
             }
         }
         let resume = was_full && !conn.outstanding_full(outstanding) && conn.has_complete_frame();
-        if failed {
+        if failed || conn.finished() {
             self.doom(id);
         } else if resume {
             self.schedule(id);
