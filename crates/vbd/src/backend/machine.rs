@@ -447,8 +447,13 @@ impl<D> VbdMachine<D> {
             XenbusState::Closing => self.switch(XenbusState::Closing, &mut fx),
             XenbusState::Closed => {
                 self.ring = None;
-                self.switch(XenbusState::Closed, &mut fx);
-                if !view.online {
+                if view.online {
+                    self.switch(XenbusState::Closed, &mut fx);
+                } else {
+                    // Release first: the toolstack runs the script's
+                    // `remove` as soon as it sees Closed, and the device
+                    // must not be held then (blkback writes Closed first
+                    // and frees the device a moment later).
                     self.unregister(&mut fx);
                 }
             }
@@ -964,8 +969,8 @@ mod tests {
         assert_eq!(
             fx,
             [
-                Effect::SwitchState(Closed),
                 Effect::DiskReleased,
+                Effect::SwitchState(Closed),
                 Effect::Unregister
             ]
         );
