@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diskseq::{DevNum, DiskSeq};
 use xenstore::client::{Client, Transaction};
@@ -124,22 +124,26 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
         target.id().seq
     ));
 
+    let scan_start = Instant::now();
     let host = if inputs.mode.sharing_waived() {
         log.line("add: mode ! waives the sharing check");
         HostUsers::default()
     } else {
         HostUsers::gather(cfg, &target)?
     };
+    let publish_start = Instant::now();
     if !publish(client, backend, &inputs, &target, &host, log)? {
         log.line("add: another run published physical-device first; dropping this device");
         return Ok(AddOutcome::AlreadyPresent);
     }
     fault::point("after-publish");
     log.line(format_args!(
-        "add: published physical-device {} diskseq {} (hex {})",
+        "add: published physical-device {} diskseq {} (hex {}); host scan {:?}, transaction {:?}",
         record.physical_device.to_xenstore(),
         target.id().seq,
-        target.id().seq.to_xenstore()
+        target.id().seq.to_xenstore(),
+        publish_start - scan_start,
+        publish_start.elapsed(),
     ));
 
     let signal = handoff::choose(
@@ -340,7 +344,9 @@ fn publish(
         .map(|(n, v)| (backend.node(n), v))
         .collect();
     let mut skipped = Vec::new();
+    let mut attempts = 0u32;
     let result = client.transaction(|tx| -> Result<bool, HotplugError> {
+        attempts += 1;
         skipped.clear();
         let others = if inputs.mode.sharing_waived() {
             Vec::new()
