@@ -19,6 +19,7 @@ pub struct Caller {
 
 impl Caller {
     /// A dom0 (privileged) caller.
+    #[cfg(test)]
     pub const DOM0: Caller = Caller {
         domid: 0,
         privileged: true,
@@ -26,6 +27,7 @@ impl Caller {
     };
 
     /// An unprivileged guest without a target.
+    #[cfg(test)]
     pub fn guest(domid: u32) -> Self {
         Caller {
             domid,

@@ -82,10 +82,6 @@ impl Session {
         }
         self.transactions.clear();
     }
-
-    pub fn open_transactions(&self) -> usize {
-        self.transactions.len()
-    }
 }
 
 /// What handling one request produced.

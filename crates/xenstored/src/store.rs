@@ -125,22 +125,14 @@ impl Store {
     }
 
     /// Number of nodes, the special ones included.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
     }
 
     /// Nodes owned by `domid`.
     pub fn owned_by(&self, domid: u32) -> usize {
         self.owned.get(&domid).copied().unwrap_or(0)
-    }
-
-    /// Every node, in no particular order (tests and dumps).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Node)> {
-        self.nodes.iter().map(|(k, v)| (&**k, v))
     }
 
     fn bump_generation(&mut self) -> u64 {
@@ -276,13 +268,6 @@ pub struct Overlay {
     /// Change in owned-node counts per domain relative to the store.
     owned_delta: HashMap<u32, isize>,
     changes: Vec<Change>,
-}
-
-impl Overlay {
-    /// Nodes the transaction touched so far (looked at or wrote).
-    pub fn touched(&self) -> usize {
-        self.seen.len()
-    }
 }
 
 /// A transaction's view: the store as seen through its overlay.

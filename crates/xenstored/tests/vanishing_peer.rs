@@ -39,9 +39,10 @@ fn daemon_cpu_ticks() -> u64 {
 
 #[test]
 fn vanished_flooding_guest_is_closed_without_spinning() {
-    let mut quotas = Quotas::default();
-    quotas.outstanding = 4;
-    let bed = Bed::with_quotas(quotas);
+    let bed = Bed::with_quotas(Quotas {
+        outstanding: 4,
+        ..Quotas::default()
+    });
     let _home = bed.guest(GUEST);
     let mut guest = std::os::unix::net::UnixStream::connect(bed.guest_socket(GUEST)).unwrap();
     guest
