@@ -57,7 +57,8 @@ pub struct LoopOptions {
     pub direct_io: bool,
     /// Allow partitions on the device (`LO_FLAGS_PARTSCAN`).
     pub partscan: bool,
-    /// Logical block size in bytes (512..=page size, a power of two);
+    /// Logical block size in bytes (a power of two, 512 up to what the kernel
+    /// allows: the page size, more on recent kernels);
     /// `None` keeps the kernel's default.
     pub block_size: Option<u32>,
     /// Byte offset into the backing file where the device starts.
@@ -276,7 +277,7 @@ fn check_backing(backing: BorrowedFd<'_>, opts: &LoopOptions) -> Result<FileId> 
     if let Some(size) = opts.block_size {
         if !(512..=65536).contains(&size) || !size.is_power_of_two() {
             return Err(Error::InvalidOption(
-                "block size must be a power of two from 512",
+                "block size must be a power of two from 512 to 65536",
             ));
         }
     }
