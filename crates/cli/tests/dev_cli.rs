@@ -28,6 +28,21 @@ fn have_root(test: &str) -> bool {
     true
 }
 
+/// Waits (up to 10 s) until `done` holds. A loop device detaches at the
+/// last close, and any process holding it open for a moment (another test
+/// listing loop devices, `losetup -a`) defers that by the moment.
+#[track_caller]
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 fn diskseq(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_diskseq"))
         .args(args)
@@ -192,7 +207,9 @@ fn attach_show_ls_detach() {
         &hex,
     ]);
     assert_exit(&done, 0);
-    assert!(backed_by(file.path()).is_empty());
+    eventually("the device is detached", || {
+        backed_by(file.path()).is_empty()
+    });
     // Again: that instance is gone.
     assert_exit(&diskseq(&["loop", "detach", &dev, "--diskseq", &hex]), 3);
 }
@@ -383,10 +400,12 @@ fn attach_read_only_and_autoclear() {
     assert_eq!(fields.len(), 3, "{text}");
     assert!(fields[0].starts_with("/dev/loop"));
     let id = DiskId::new(fields[1].parse().unwrap(), fields[2].parse().unwrap());
-    assert!(matches!(
-        open_verified(id, Access::ReadOnly),
-        Err(Error::Stale { .. })
-    ));
+    eventually("the autoclear device is gone", || {
+        matches!(
+            open_verified(id, Access::ReadOnly),
+            Err(Error::Stale { .. })
+        )
+    });
     assert!(backed_by(file.path()).is_empty());
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 
-use common::{have_root, read_at, Backing, DetachOnDrop};
+use common::{eventually, have_root, read_at, wait_gone, Backing, DetachOnDrop};
 use diskseq::{
     detach_verified, ioctl, list_loops, loop_info, open_by_diskseq, open_verified, Access,
     BlockDevice, DevNum, DiskId, DiskSeq, Error, FileId, LoopDevice, LoopOptions, PersistError,
@@ -26,14 +26,15 @@ fn autoclear() -> LoopOptions {
     }
 }
 
-/// No bound loop device is backed by `file`.
+/// Soon, no bound loop device is backed by `file`.
+#[track_caller]
 fn assert_no_loop_backed_by(file: FileId) {
-    let bound: Vec<_> = list_loops()
-        .unwrap()
-        .into_iter()
-        .filter(|info| info.backing == file)
-        .collect();
-    assert!(bound.is_empty(), "still attached: {bound:?}");
+    eventually(&format!("no loop device is bound to {file}"), || {
+        list_loops()
+            .unwrap()
+            .iter()
+            .all(|info| info.backing != file)
+    });
 }
 
 /// Attaches `first`, lets it go, and attaches `second` on the same minor.
@@ -97,6 +98,7 @@ fn attach_verify_detach() {
     drop(still);
 
     detach_verified(&id, Some(backing.id())).unwrap();
+    wait_gone(id);
     match open_verified(id, Access::ReadOnly) {
         Err(Error::Stale { expected, found }) => {
             assert_eq!(expected, id);
@@ -130,11 +132,10 @@ fn diskseq_changes_per_attach_and_detach() {
     let id = new.id();
     drop(new);
     let path = format!("/dev/loop{}", id.minor);
-    let after = BlockDevice::open(Path::new(&path), Access::ReadOnly).unwrap();
-    assert!(
-        after.current_seq().unwrap() > id.seq,
-        "{id} kept its diskseq after detach"
-    );
+    eventually(&format!("{path} moves past {id}"), || {
+        let after = BlockDevice::open(Path::new(&path), Access::ReadOnly).unwrap();
+        after.current_seq().unwrap() > id.seq
+    });
 }
 
 #[test]
@@ -195,6 +196,7 @@ fn open_by_diskseq_finds_and_refuses_stale() {
     assert_eq!(read_at(&found, 0, 4), vec![7; 4]);
     drop(found);
     drop(device);
+    wait_gone(id);
 
     match open_by_diskseq(id.seq, None, Access::ReadOnly) {
         Err(err @ Error::NoSuchDiskSeq { .. }) => assert!(err.is_stale()),
@@ -259,14 +261,14 @@ fn partitions_carry_the_disk_seq() {
     drop(by_path);
     drop(part);
     drop(device);
-    // Partitions vanish with the disk.
-    assert!(
-        !Path::new(&format!("/sys/dev/block/{part_dev}")).exists() || {
-            // The number may already belong to someone else's partition; then it is another disk's.
-            let uevent = std::fs::read_to_string(format!("/sys/dev/block/{part_dev}/uevent"))
-                .unwrap_or_default();
-            !uevent.contains(&format!("DISKSEQ={}\n", id.seq))
-        }
+    // Partitions vanish with the disk. (The number may be reused at once by
+    // another disk's partition; then it carries another diskseq.)
+    eventually(
+        &format!("partition {part_dev} of {id} vanishes"),
+        || match std::fs::read_to_string(format!("/sys/dev/block/{part_dev}/uevent")) {
+            Err(_) => true,
+            Ok(uevent) => !uevent.contains(&format!("DISKSEQ={}\n", id.seq)),
+        },
     );
 }
 
@@ -317,10 +319,7 @@ fn autoclear_releases_on_drop() {
     let id = device.id();
     assert!(loop_info(device.block_device()).unwrap().unwrap().autoclear);
     drop(device);
-    assert!(matches!(
-        open_verified(id, Access::ReadOnly),
-        Err(Error::Stale { .. })
-    ));
+    wait_gone(id);
     assert_no_loop_backed_by(backing.id());
 }
 
@@ -353,10 +352,7 @@ fn persistent_attach_survives_close_and_failed_record_leaks_nothing() {
         Err(std::io::Error::other("disk full"))
     });
     assert!(matches!(result, Err(PersistError::Record(_))));
-    assert!(matches!(
-        open_verified(failed_id.unwrap(), Access::ReadOnly),
-        Err(Error::Stale { .. })
-    ));
+    wait_gone(failed_id.unwrap());
     assert_no_loop_backed_by(backing.id());
 }
 
@@ -441,10 +437,7 @@ fn killed_between_configure_and_record_leaks_nothing() {
         "child was not SIGKILLed: {status:?}"
     );
 
-    assert!(matches!(
-        open_verified(id, Access::ReadOnly),
-        Err(Error::Stale { .. })
-    ));
+    wait_gone(id);
     assert_no_loop_backed_by(backing.id());
 }
 

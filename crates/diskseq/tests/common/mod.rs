@@ -8,7 +8,9 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
-use diskseq::{detach_verified, DiskId, FileId};
+use std::time::{Duration, Instant};
+
+use diskseq::{detach_verified, open_verified, Access, DiskId, Error, FileId};
 use tempfile::NamedTempFile;
 
 /// True when the test may use loop devices. Without root it skips, saying
@@ -85,4 +87,30 @@ pub fn read_at(fd: impl AsFd, offset: u64, len: usize) -> Vec<u8> {
     let n = rustix::io::pread(fd, &mut buf, offset).expect("pread");
     buf.truncate(n);
     buf
+}
+
+/// Waits (up to 10 s) until `done` holds. A loop device detaches at the
+/// *last* close: any process holding it open for a moment (`losetup -a`,
+/// `lsblk`, another test listing loop devices) defers the detach by that
+/// moment, so "gone right after our close" cannot be asserted, only "gone
+/// soon after".
+#[track_caller]
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits until instance `id` no longer exists: its number opens as another
+/// instance, or not at all.
+#[track_caller]
+pub fn wait_gone(id: DiskId) {
+    eventually(&format!("{id} is gone"), || {
+        matches!(
+            open_verified(id, Access::ReadOnly),
+            Err(Error::Stale { .. } | Error::NoSuchDevice { .. })
+        )
+    });
 }
