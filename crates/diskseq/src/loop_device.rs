@@ -547,7 +547,9 @@ pub fn detach_verified(id: &DiskId, backing: Option<FileId>) -> Result<()> {
     // `device` closes here; if ours is the last fd, the kernel detaches now.
 }
 
-/// Every bound loop device, sorted by minor.
+/// Every bound loop device, sorted by minor. Each is opened for a moment to
+/// ask the kernel its binding (sysfs has no backing inode), as `losetup -a`
+/// does; a detach requested meanwhile by someone else completes at our close.
 pub fn list_loops() -> Result<Vec<LoopInfo>> {
     let mut loops = Vec::new();
     for name in sysfs::disk_names()? {
