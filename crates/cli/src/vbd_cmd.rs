@@ -123,14 +123,21 @@ pub fn attach(args: AttachArgs) -> CmdResult {
             if args.json {
                 print_json(&serde_json::json!({ "ok": true, "attach": report }))?;
             } else {
+                // xenstore writes diskseq in hex; the kernel and sysfs in decimal.
+                let diskseq = match report.diskseq.as_deref() {
+                    Some(hex) => match diskseq::DiskSeq::parse_xenstore(hex) {
+                        Ok(seq) => format!("{seq} (xenstore: {hex})"),
+                        Err(_) => hex.to_owned(),
+                    },
+                    None => "- (legacy script)".to_owned(),
+                };
                 println!(
-                    "attached {} to domain {} as {} ({}): physical-device {}, diskseq {}",
+                    "attached {} to domain {} as {} ({}): physical-device {}, diskseq {diskseq}",
                     spec.target.display(),
                     spec.frontend_domid,
                     report.vdev,
                     report.devid,
                     report.physical_device.as_deref().unwrap_or("-"),
-                    report.diskseq.as_deref().unwrap_or("-"),
                 );
                 println!("backend {}", report.backend);
             }
