@@ -1,12 +1,12 @@
 //! Loop devices created atomically, verified, and detached only by identity.
 //!
-//! Attach: `LOOP_CTL_GET_FREE` names a minor that is free *now*; opening
+//! Attach: `LOOP_CTL_GET_FREE` names a device that is free *now*; opening
 //! `/dev/loopN` with `O_EXCL` claims it (another process's configure then
 //! fails with EBUSY); `LOOP_CONFIGURE` binds file and flags in one step;
 //! `LOOP_GET_STATUS64` proves the kernel bound *our* file (by st_dev/st_ino,
 //! never by name) with the flags asked; `BLKGETDISKSEQ` names the instance.
-//! Losing the race for a minor is normal and retried a bounded number of
-//! times.
+//! Losing the race for a device is normal: the next unbound one is tried, a
+//! bounded number of times, and one is created only past the last.
 //!
 //! Kill safety: a persistent device is configured with autoclear, so the
 //! kernel detaches it when the last fd closes — including when the process is
@@ -32,20 +32,9 @@ use crate::sysfs;
 /// The loop driver's major number (fixed in the kernel).
 pub const LOOP_MAJOR: u32 = 7;
 const LOOP_CONTROL: &str = "/dev/loop-control";
-/// How many free minors to try before giving up: each failure means another
-/// process took the minor first, so this bounds a livelock, not a normal path.
+/// How many devices to try before giving up: each failure means another
+/// process took the device first, so this bounds a livelock, not a normal path.
 const ATTACH_ATTEMPTS: u32 = 64;
-/// After this many busy answers for the same minor, stop waiting for its
-/// claimer and create a new device.
-const SAME_MINOR_REPEATS: u32 = 8;
-
-/// Sleeps 20 µs, doubling per attempt up to about 5 ms: long enough for the
-/// process that won a minor to bind it (tens of µs), short enough not to matter.
-fn backoff(attempt: u32) {
-    let micros = 20u64 << attempt.min(8);
-    std::thread::sleep(std::time::Duration::from_micros(micros));
-}
-
 /// How to attach a file.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoopOptions {
@@ -101,42 +90,36 @@ impl LoopDevice {
         let backing_id = check_backing(backing, opts)?;
         let control = rustix::fs::open(LOOP_CONTROL, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| Error::io("opening", LOOP_CONTROL, e))?;
-        // GET_FREE names the lowest unbound device, including one another
-        // process has claimed but not bound yet: after losing a minor, wait
-        // a little for the winner to bind it, and if the same minor keeps
-        // coming back busy, create a fresh device instead.
-        let mut busy: Option<u32> = None;
-        let mut repeats = 0;
-        for attempt in 0..ATTACH_ATTEMPTS {
-            let mut minor = ioctl::loop_ctl_get_free(control.as_fd())
-                .map_err(|e| Error::io("LOOP_CTL_GET_FREE on", LOOP_CONTROL, e))?;
-            if busy == Some(minor) {
-                repeats += 1;
-                if repeats >= SAME_MINOR_REPEATS {
-                    repeats = 0;
-                    minor = ioctl::loop_ctl_add_any(control.as_fd())
-                        .map_err(|e| Error::io("LOOP_CTL_ADD on", LOOP_CONTROL, e))?;
-                } else {
-                    backoff(attempt);
-                }
+        // GET_FREE names the lowest unbound device, also while another
+        // process has claimed it and is about to bind it; asking again would
+        // name the same one. So after losing a device, walk up to the next
+        // one sysfs shows unbound, and create one only past the last.
+        let mut index = ioctl::loop_ctl_get_free(control.as_fd())
+            .map_err(|e| Error::io("LOOP_CTL_GET_FREE on", LOOP_CONTROL, e))?;
+        for _ in 0..ATTACH_ATTEMPTS {
+            if let Some(device) = try_attach_at(index, backing, backing_id, opts)? {
+                return Ok(device);
             }
-            match try_attach_at(minor, backing, backing_id, opts)? {
-                Some(device) => return Ok(device),
-                None => busy = Some(minor),
-            }
+            index = match sysfs::next_unbound_loop(index) {
+                Some(next) => next,
+                None => ioctl::loop_ctl_add_any(control.as_fd())
+                    .map_err(|e| Error::io("LOOP_CTL_ADD on", LOOP_CONTROL, e))?,
+            };
         }
         Err(Error::NoFreeLoop {
             attempts: ATTACH_ATTEMPTS,
         })
     }
 
-    /// Attaches to the specific device `/dev/loop<minor>`. Fails with an
-    /// EBUSY [`Error::Io`] when that device is bound or claimed by someone
-    /// else. Mostly for tests that need a particular minor reused.
-    pub fn attach_at(minor: u32, backing: BorrowedFd<'_>, opts: &LoopOptions) -> Result<Self> {
+    /// Attaches to the specific device `/dev/loop<index>` (the index is the
+    /// minor unless the loop module reserves minors for partitions with
+    /// `max_part`). Fails with an EBUSY [`Error::Io`] when that device is
+    /// bound or claimed by someone else. Mostly for tests that need a
+    /// particular device reused.
+    pub fn attach_at(index: u32, backing: BorrowedFd<'_>, opts: &LoopOptions) -> Result<Self> {
         let backing_id = check_backing(backing, opts)?;
-        try_attach_at(minor, backing, backing_id, opts)?
-            .ok_or_else(|| Error::io("claiming", loop_path(minor), Errno::BUSY))
+        try_attach_at(index, backing, backing_id, opts)?
+            .ok_or_else(|| Error::io("claiming", loop_path(index), Errno::BUSY))
     }
 
     /// Attaches like [`attach`](Self::attach) but kill-safe for a device that
@@ -265,8 +248,8 @@ impl<E: std::error::Error + 'static> std::error::Error for PersistError<E> {
     }
 }
 
-fn loop_path(minor: u32) -> PathBuf {
-    PathBuf::from(format!("/dev/loop{minor}"))
+fn loop_path(index: u32) -> PathBuf {
+    PathBuf::from(format!("/dev/loop{index}"))
 }
 
 /// The backing file's identity, after refusing combinations the kernel would
@@ -298,15 +281,15 @@ fn fd_name(fd: BorrowedFd<'_>) -> PathBuf {
     std::fs::read_link(&link).unwrap_or_else(|_| PathBuf::from(link))
 }
 
-/// Claims `/dev/loop<minor>`, configures and verifies it. `Ok(None)` when
-/// another process got there first (the caller may try another minor).
+/// Claims `/dev/loop<index>`, configures and verifies it. `Ok(None)` when
+/// another process got there first (the caller may try another device).
 fn try_attach_at(
-    minor: u32,
+    index: u32,
     backing: BorrowedFd<'_>,
     backing_id: FileId,
     opts: &LoopOptions,
 ) -> Result<Option<LoopDevice>> {
-    let path = loop_path(minor);
+    let path = loop_path(index);
     let access = if opts.read_only {
         OFlags::RDONLY
     } else {
@@ -320,14 +303,14 @@ fn try_attach_at(
         Mode::empty(),
     ) {
         Ok(fd) => fd,
-        // Claimed by someone else, or removed since GET_FREE.
+        // Claimed by someone else, or removed since we picked it.
         Err(Errno::BUSY | Errno::NOENT | Errno::NXIO) => return Ok(None),
         Err(e) => return Err(Error::io("opening", path, e)),
     };
     let stat = rustix::fs::fstat(&claim).map_err(|e| Error::io("stat", &path, e))?;
     let dev = DevNum::from_rdev(stat.st_rdev);
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::BlockDevice
-        || dev != DevNum::new(LOOP_MAJOR, minor)
+        || dev.major != LOOP_MAJOR
     {
         return Err(Error::NotLoop { path, dev });
     }

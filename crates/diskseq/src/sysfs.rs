@@ -127,6 +127,19 @@ pub(crate) fn is_bound_loop(name: &str) -> bool {
     Path::new(SYS_BLOCK).join(name).join("loop").exists()
 }
 
+/// The first loop device after `loop<index>` that exists and is unbound,
+/// by index; `None` past the last existing one. A hint: it may be taken by
+/// the time it is claimed.
+pub(crate) fn next_unbound_loop(index: u32) -> Option<u32> {
+    (index.checked_add(1)?..).find_map(|next| {
+        let name = format!("loop{next}");
+        if !Path::new(SYS_BLOCK).join(&name).exists() {
+            return Some(None); // past the last device: stop
+        }
+        (!is_bound_loop(&name)).then_some(Some(next))
+    })?
+}
+
 /// The backing file of bound loop device `dev`, as sysfs reports it.
 pub(crate) fn loop_backing_file(dev: DevNum) -> Option<PathBuf> {
     read_trimmed(&dev_dir(dev).join("loop/backing_file"))
