@@ -191,7 +191,7 @@ impl Frontend {
                 Err(e) => return Err(self.error("waiting for events".into(), e)),
             };
             if let Err(e) = self.dispatch(&event) {
-                if e.errno().is_none() {
+                if connection_lost(&e) {
                     return Err(self.error(format!("handling {}", event.path), e));
                 }
             }
@@ -363,12 +363,13 @@ impl Frontend {
                         sector_size: u32::try_from(sector_size).unwrap_or(u32::MAX),
                         info: u32::try_from(info).unwrap_or(u32::MAX),
                     };
-                    own = self.switch(devid, XenbusState::Connected)?;
+                    // The disk first: a waiter that sees Connected sees it.
                     self.update(devid, |views| {
                         if let Some(view) = views.get_mut(&devid) {
                             view.disk = Some(disk);
                         }
                     });
+                    own = self.switch(devid, XenbusState::Connected)?;
                 }
                 FrontendStep::Close => {
                     own = self.switch(devid, XenbusState::Closed)?;
@@ -515,6 +516,15 @@ impl Drop for FrontendHandle {
     fn drop(&mut self) {
         let _ = self.stop_thread();
     }
+}
+
+/// True when the connection itself failed (the loop cannot go on); any
+/// other error concerns one node and is logged or ignored.
+fn connection_lost(e: &xenstore::client::Error) -> bool {
+    matches!(
+        e.kind(),
+        xenstore::client::ErrorKind::Io(_) | xenstore::client::ErrorKind::Protocol(_)
+    )
 }
 
 #[cfg(test)]

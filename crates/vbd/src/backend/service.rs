@@ -195,7 +195,7 @@ impl Backend {
                 Err(e) => return Err(self.xs_error("waiting for events".into(), e)),
             };
             if let Err(e) = self.dispatch(&event, &mut first_scan) {
-                if e.errno().is_none() {
+                if connection_lost(&e) {
                     // Not a per-node error: the connection itself failed.
                     return Err(self.xs_error(format!("handling {}", event.path), e));
                 }
@@ -675,4 +675,13 @@ impl Drop for BackendHandle {
     fn drop(&mut self) {
         let _ = self.stop_thread();
     }
+}
+
+/// True when the connection itself failed (the loop cannot go on); any
+/// other error concerns one node and is logged or ignored.
+fn connection_lost(e: &xenstore::client::Error) -> bool {
+    matches!(
+        e.kind(),
+        xenstore::client::ErrorKind::Io(_) | xenstore::client::ErrorKind::Protocol(_)
+    )
 }
