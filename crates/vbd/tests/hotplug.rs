@@ -432,7 +432,7 @@ fn remove_refuses_malformed_or_unprovable_records() {
 }
 
 /// add reads its inputs in one pipelined transaction and publishes in a
-/// second; the count is pinned so it cannot silently regress.
+/// second; the counts are pinned so they cannot silently regress.
 #[test]
 fn add_and_remove_round_trips_are_pinned() {
     if !privileged() {
@@ -440,24 +440,51 @@ fn add_and_remove_round_trips_are_pinned() {
     }
     let bed = Bed::new();
     let counter = RoundTripCounter::start(&bed);
+    let via_counter = [("XENSTORED_PATH", counter.socket.to_str().unwrap())];
+    let trips = || counter.round_trips.swap(0, Ordering::SeqCst);
+
+    // A file no other loop device is bound to: no other vbd can hold it, so
+    // the publish transaction reads nothing but our own nodes.
     let image = bed.image("rt.img", 4);
     let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
-    let via_counter = [("XENSTORED_PATH", counter.socket.to_str().unwrap())];
     bed.run("add", &backend, &via_counter).assert_ok();
-    let add_trips = counter.round_trips.swap(0, Ordering::SeqCst);
-    let add_requests = counter.requests.swap(0, Ordering::SeqCst);
-    // Inputs: START, one batch of reads, END. Publish: START, list the vbd
-    // root, list this frontend's vbds, one batch of reads, one batch of
-    // writes, END.
-    assert_eq!(
-        add_trips,
-        3 + 6,
-        "add round trips ({add_requests} requests)"
-    );
+    // Inputs: START, one batch of reads, END. Publish: START, one batch of
+    // reads, one batch of writes, END.
+    assert_eq!(trips(), 3 + 4, "add of a file");
     bed.run("remove", &backend, &via_counter).assert_ok();
-    let remove_trips = counter.round_trips.swap(0, Ordering::SeqCst);
     // Read: START, batch, END. Withdraw: START, batch, RM, RM, END.
-    assert_eq!(remove_trips, 3 + 5, "remove round trips");
+    assert_eq!(trips(), 3 + 5, "remove");
+    bed.client().rm(&backend.frontend_dir()).unwrap();
+
+    // A block device: every other vbd's record is read (here: none but
+    // ours exists). Publish: START, list the vbd root, list this
+    // frontend's vbds, one batch of reads, one batch of writes, END.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image.path)
+        .unwrap();
+    let held = attach_loop(
+        std::os::fd::AsFd::as_fd(&file),
+        &LoopOptions {
+            autoclear: true,
+            ..LoopOptions::default()
+        },
+    );
+    let device = bed.libxl_add(6, 768, held.path().to_str().unwrap().as_bytes(), "w");
+    trips();
+    bed.run("add", &device, &via_counter).assert_ok();
+    assert_eq!(trips(), 3 + 6, "add of a block device");
+    // One more frontend domain costs one more listing.
+    bed.libxl_add(7, 768, image.path_bytes(), "r");
+    bed.run("remove", &device, &via_counter).assert_ok();
+    bed.client().rm(&device.frontend_dir()).unwrap();
+    let again = bed.libxl_add(8, 768, held.path().to_str().unwrap().as_bytes(), "w");
+    trips();
+    bed.run("add", &again, &via_counter).assert_ok();
+    assert_eq!(trips(), 3 + 7, "add of a block device, two frontends");
+    bed.run("remove", &again, &via_counter).assert_ok();
+    drop(held);
     assert_no_loops(&image);
 }
 

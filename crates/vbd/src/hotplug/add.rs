@@ -276,12 +276,22 @@ pub struct HostUsers {
     pub mounts: Vec<Holder>,
     /// Other loop devices bound to the same file (by number).
     pub loops: Vec<(DevNum, Holder)>,
+    /// Whether another vbd's record can name our disk, so the publishing
+    /// transaction must read every other vbd's record. Always for a block
+    /// device; for a file only when another loop device is bound to it: a
+    /// vbd using the file uses it through such a loop device, and of two
+    /// concurrent adds the later scan sees the earlier one's device (each
+    /// attaches before it scans), so skipping the scan loses nothing.
+    pub vbds_may_hold: bool,
 }
 
 impl HostUsers {
     fn gather(cfg: &Config, target: &Target) -> Result<Self, HotplugError> {
         let id = target.id();
-        let mut users = HostUsers::default();
+        let mut users = HostUsers {
+            vbds_may_hold: matches!(target, Target::Block { .. }),
+            ..HostUsers::default()
+        };
         for dev in sharing::device_family(&cfg.sysfs_root, id.dev()) {
             users.same_disk.insert(dev, id.seq);
         }
@@ -289,6 +299,7 @@ impl HostUsers {
             for info in loops::bound_to(&cfg.proc_root, *backing)? {
                 if info.id != id {
                     users.same_disk.insert(info.id.dev(), info.id.seq);
+                    users.vbds_may_hold = true;
                     users.loops.push((
                         info.id.dev(),
                         Holder::HostLoop {
@@ -324,10 +335,12 @@ impl HostUsers {
 
 /// Our own nodes re-read at publish time, before the other vbds' records.
 const RECHECK_NODES: [&str; 4] = [node::PHYSICAL_DEVICE, node::PARAMS, node::MODE, node::STATE];
-/// Per other vbd: what the sharing check reads.
-const OTHER_NODES: [&str; 3] = [node::PHYSICAL_DEVICE, node::DISKSEQ, node::MODE];
 
 /// The publishing transaction; `false` when another run published first.
+///
+/// Its reads, in one pipelined batch: our own inputs again and every other
+/// vbd's `physical-device`; then, only for records that name our disk, their
+/// `diskseq` and `mode` in a second batch (usually none).
 fn publish(
     client: &mut Client,
     backend: &BackendPath,
@@ -343,20 +356,19 @@ fn publish(
         .into_iter()
         .map(|(n, v)| (backend.node(n), v))
         .collect();
+    let check_sharing = !inputs.mode.sharing_waived();
     let mut skipped = Vec::new();
     let mut attempts = 0u32;
     let result = client.transaction(|tx| -> Result<bool, HotplugError> {
         attempts += 1;
         skipped.clear();
-        let others = if inputs.mode.sharing_waived() {
-            Vec::new()
-        } else {
+        let others = if check_sharing && host.vbds_may_hold {
             other_vbds(tx, backend)?
+        } else {
+            Vec::new()
         };
         let mut paths: Vec<String> = RECHECK_NODES.iter().map(|n| backend.node(n)).collect();
-        for other in &others {
-            paths.extend(OTHER_NODES.iter().map(|n| format!("{}/{n}", other.dir())));
-        }
+        paths.extend(others.iter().map(|o| o.node(node::PHYSICAL_DEVICE)));
         let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
         let values = tx.read_many(&refs)?;
         if values[0].is_some() {
@@ -374,15 +386,20 @@ fn publish(
         }
         check_waiting(backend, values[3].as_deref())?;
 
-        if !inputs.mode.sharing_waived() {
+        if check_sharing {
+            let mut candidates = Vec::new();
+            for (other, raw) in others.iter().zip(&values[RECHECK_NODES.len()..]) {
+                match same_disk_record(raw.as_deref(), host) {
+                    Ok(Some(dev)) => candidates.push((other, dev)),
+                    Ok(None) => {}
+                    Err(reason) => skipped.push(format!("{other}: {reason}")),
+                }
+            }
             let mut holders = host.mounts.clone();
             let mut vbd_devs = Vec::new();
-            for (other, vals) in others
-                .iter()
-                .zip(values[RECHECK_NODES.len()..].chunks(OTHER_NODES.len()))
-            {
-                match vbd_holder(tx, other, vals, inputs, host) {
-                    Ok(Some((dev, holder))) => {
+            for (other, dev, holder) in vbd_holders(tx, &candidates, inputs, host)? {
+                match holder {
+                    Ok(Some(holder)) => {
                         vbd_devs.push(dev);
                         holders.push(holder);
                     }
@@ -411,6 +428,11 @@ fn publish(
     for line in &skipped {
         log.line(format_args!(
             "add: sharing check skipped unreadable record {line}"
+        ));
+    }
+    if attempts > 1 {
+        log.line(format_args!(
+            "add: publishing took {attempts} transactions (concurrent changes)"
         ));
     }
     result
@@ -456,66 +478,100 @@ fn list(tx: &mut Transaction<'_>, path: &str) -> Result<Vec<String>, HotplugErro
     }
 }
 
-/// Whether another vbd's record names our disk (the same instance: a record
-/// whose diskseq differs is about a disk that no longer exists), and if so
-/// as which holder. `Err` explains a record that cannot be read.
-fn vbd_holder(
-    tx: &mut Transaction<'_>,
-    other: &BackendPath,
-    values: &[Option<Vec<u8>>],
-    inputs: &Inputs,
-    host: &HostUsers,
-) -> Result<Option<(DevNum, Holder)>, String> {
-    let Some(raw_dev) = values[0].as_deref() else {
-        return Ok(None);
-    };
-    let dev = std::str::from_utf8(raw_dev)
+/// The device another vbd's `physical-device` names, if it is one of ours
+/// (our disk, a partition or parent of it, another loop device bound to our
+/// file). `Err` explains a value that cannot be parsed.
+fn same_disk_record(raw: Option<&[u8]>, host: &HostUsers) -> Result<Option<DevNum>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    let dev = std::str::from_utf8(raw)
         .ok()
         .and_then(|s| DevNum::parse_xenstore(s).ok())
         .ok_or_else(|| {
             format!(
                 "physical-device {:?} is malformed",
-                String::from_utf8_lossy(raw_dev)
+                String::from_utf8_lossy(raw)
             )
         })?;
-    let Some(live_seq) = host.same_disk.get(&dev) else {
-        return Ok(None);
-    };
-    if let Some(raw_seq) = values[1].as_deref() {
-        let seq = std::str::from_utf8(raw_seq)
+    Ok(host.same_disk.contains_key(&dev).then_some(dev))
+}
+
+/// A vbd candidate with its device and what it turned out to be.
+type Classified<'a> = (&'a BackendPath, DevNum, Result<Option<Holder>, String>);
+
+/// Classifies the vbds whose record names our disk: reads their `diskseq`
+/// and `mode` in one batch (nothing when there are none). A record whose
+/// diskseq differs from the live instance's is about a disk that no longer
+/// exists: not a holder.
+fn vbd_holders<'a>(
+    tx: &mut Transaction<'_>,
+    candidates: &[(&'a BackendPath, DevNum)],
+    inputs: &Inputs,
+    host: &HostUsers,
+) -> Result<Vec<Classified<'a>>, HotplugError> {
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let paths: Vec<String> = candidates
+        .iter()
+        .flat_map(|(o, _)| [o.node(node::DISKSEQ), o.node(node::MODE)])
+        .collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let values = tx.read_many(&refs)?;
+    let mut classified = Vec::with_capacity(candidates.len());
+    for (&(other, dev), vals) in candidates.iter().zip(values.chunks(2)) {
+        let holder = classify(
+            tx,
+            other,
+            dev,
+            vals[0].as_deref(),
+            vals[1].as_deref(),
+            inputs,
+            host,
+        )?;
+        classified.push((other, dev, holder));
+    }
+    Ok(classified)
+}
+
+/// One candidate vbd as a holder (see [`vbd_holders`]).
+fn classify(
+    tx: &mut Transaction<'_>,
+    other: &BackendPath,
+    dev: DevNum,
+    raw_seq: Option<&[u8]>,
+    raw_mode: Option<&[u8]>,
+    inputs: &Inputs,
+    host: &HostUsers,
+) -> Result<Result<Option<Holder>, String>, HotplugError> {
+    if let Some(raw_seq) = raw_seq {
+        let Some(seq) = std::str::from_utf8(raw_seq)
             .ok()
             .and_then(|s| DiskSeq::parse_xenstore(s).ok())
-            .ok_or_else(|| {
-                format!(
-                    "diskseq {:?} is malformed",
-                    String::from_utf8_lossy(raw_seq)
-                )
-            })?;
-        if seq != *live_seq {
-            return Ok(None);
+        else {
+            return Ok(Err(format!(
+                "diskseq {:?} is malformed",
+                String::from_utf8_lossy(raw_seq)
+            )));
+        };
+        if host.same_disk.get(&dev) != Some(&seq) {
+            return Ok(Ok(None));
         }
     }
     // An unreadable mode counts as writable: fail closed.
-    let writable = values[2]
-        .as_deref()
+    let writable = raw_mode
         .and_then(|m| Mode::from_node(m).ok())
         .is_none_or(Mode::is_writable);
-    let same_vm = if other.frontend_domid() == inputs.frontend_id {
-        true
-    } else {
-        let ours = vm_identity(tx, inputs.frontend_id).map_err(|e| e.to_string())?;
-        let theirs = vm_identity(tx, other.frontend_domid()).map_err(|e| e.to_string())?;
+    let same_vm = other.frontend_domid() == inputs.frontend_id || {
+        let ours = vm_identity(tx, inputs.frontend_id)?;
+        let theirs = vm_identity(tx, other.frontend_domid())?;
         sharing::same_vm(&ours, &theirs)
     };
-    Ok(Some((
-        dev,
-        Holder::Vbd {
-            backend: other.dir(),
-            frontend_domid: other.frontend_domid(),
-            writable,
-            same_vm,
-        },
-    )))
+    Ok(Ok(Some(Holder::Vbd {
+        backend: other.dir(),
+        frontend_domid: other.frontend_domid(),
+        writable,
+        same_vm,
+    })))
 }
 
 /// `/local/domain/<d>/vm`, and the `vm` of its `target` (stub domains).
