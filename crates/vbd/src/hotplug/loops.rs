@@ -7,9 +7,11 @@
 //! is bound to: the kernel's answer, not a name. A loop device bound to an
 //! empty file has no capacity and is not listed; it cannot serve a disk.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use diskseq::{Access, BlockDevice, DevNum, FileId, LoopInfo};
+use diskseq::{BlockDevice, DevNum, FileId, LoopInfo};
+use rustix::fs::{Mode, OFlags};
 
 use super::error::HotplugError;
 
@@ -17,6 +19,10 @@ use super::error::HotplugError;
 const LOOP_MAJOR: u32 = 7;
 
 /// Bound loop devices whose backing file is `backing`.
+///
+/// Each candidate costs an open and one `LOOP_GET_STATUS64`; only devices
+/// bound to our inode are then described in full. (A burst of concurrent
+/// adds has every script look at every other script's device.)
 pub fn bound_to(proc_root: &Path, backing: FileId) -> Result<Vec<LoopInfo>, HotplugError> {
     let path = proc_root.join("partitions");
     let text = std::fs::read_to_string(&path).map_err(|source| HotplugError::Io {
@@ -26,13 +32,25 @@ pub fn bound_to(proc_root: &Path, backing: FileId) -> Result<Vec<LoopInfo>, Hotp
     })?;
     let mut found = Vec::new();
     for (dev, name) in loop_disks(&text) {
+        let node = Path::new("/dev").join(&name);
         // Detached or removed since the listing: not a user.
-        let Ok(device) = BlockDevice::open(&Path::new("/dev").join(&name), Access::ReadOnly) else {
+        let Ok(fd) = rustix::fs::open(&node, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        else {
             continue;
         };
-        if device.dev() != dev {
+        let is_that_device =
+            rustix::fs::fstat(&fd).is_ok_and(|st| DevNum::from_rdev(st.st_rdev) == dev);
+        let bound_to_ours = is_that_device
+            && diskseq::ioctl::loop_get_status(fd.as_fd()).is_ok_and(|info| {
+                FileId {
+                    dev: info.lo_device,
+                    ino: info.lo_inode,
+                } == backing
+            });
+        if !bound_to_ours {
             continue;
         }
+        let device = BlockDevice::from_fd(fd, node)?;
         if let Some(info) = diskseq::loop_info(&device)? {
             if info.backing == backing {
                 found.push(info);
