@@ -69,6 +69,7 @@ fn main() {
     let bed = Bed::new();
     let mut next_fe = 1u32;
     let mut results = Vec::new();
+    let mut cpu = Vec::new();
     for script in &scripts {
         let mut add = Vec::new();
         let mut remove = Vec::new();
@@ -87,6 +88,8 @@ fn main() {
             teardown(&bed, &backend, &image);
         }
         let mut concurrent = Vec::new();
+        let mut add_cpu = Duration::ZERO;
+        let mut adds = 0u32;
         for k in [1usize, 8, 32] {
             let reps = if k == 32 { 5 } else { 7 };
             let mut walls = Vec::new();
@@ -97,6 +100,7 @@ fn main() {
                     .filter(|_| script.with_backend)
                     .map(|(_, b)| OpenedBackend::start(&bed, b, true))
                     .collect();
+                let cpu_before = children_cpu();
                 let start = Instant::now();
                 let children: Vec<Child> = set
                     .iter()
@@ -107,6 +111,8 @@ fn main() {
                     assert!(status.success(), "{}: concurrent add failed", script.name);
                 }
                 walls.push(start.elapsed());
+                add_cpu += children_cpu().saturating_sub(cpu_before);
+                adds += k as u32;
                 for blkback in backends {
                     blkback.release().expect("backend held the device");
                 }
@@ -119,13 +125,14 @@ fn main() {
             concurrent.push((k, median(&mut walls)));
         }
         results.push((script.name, stats(&mut add), stats(&mut remove), concurrent));
+        cpu.push(add_cpu / adds);
     }
 
-    println!("| script | add median | add p90 | remove median | remove p90 | 1 add (wall) | 8 concurrent | 32 concurrent | 32 conc. / 1 |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, add, remove, conc) in &results {
+    println!("| script | add median | add p90 | remove median | remove p90 | 1 add (wall) | 8 concurrent | 32 concurrent | 32 conc. / 1 | CPU per add |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for ((name, add, remove, conc), cpu) in results.iter().zip(&cpu) {
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.1}× |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.1}× | {} |",
             ms(add.0),
             ms(add.1),
             ms(remove.0),
@@ -133,7 +140,8 @@ fn main() {
             ms(conc[0].1),
             ms(conc[1].1),
             ms(conc[2].1),
-            conc[2].1.as_secs_f64() / conc[0].1.as_secs_f64()
+            conc[2].1.as_secs_f64() / conc[0].1.as_secs_f64(),
+            ms(*cpu)
         );
     }
     if let Some((_, stock_add, stock_rm, stock_c)) =
@@ -153,7 +161,10 @@ fn main() {
             }
         }
     }
-    println!("\n({runs} sequential runs per script; concurrent: median of 7 (32: 5) repetitions)");
+    println!(
+        "\n({runs} sequential runs per script; concurrent: median of 7 (32: 5) repetitions; \
+         CPU per add: user + system of the script processes over all concurrent adds)"
+    );
 }
 
 /// A fresh image and backend directory, as libxl leaves them when it runs
@@ -210,6 +221,18 @@ fn teardown(bed: &Bed, backend: &BackendPath, image: &Image) {
         image.path.display()
     );
     let _ = std::fs::remove_file(&image.path);
+}
+
+/// CPU time (user + system) of this process's reaped children, from
+/// `/proc/self/stat` (clock ticks, assumed 100 Hz: summed over hundreds of
+/// adds, the tick granularity averages out).
+fn children_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the parenthesised command name; cutime, cstime are 16, 17.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[13].parse::<u64>().unwrap() + fields[14].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
 }
 
 fn median(v: &mut [Duration]) -> Duration {
