@@ -251,3 +251,22 @@ fn handoff_off_keeps_the_device_until_remove() {
     bed.run("remove", &backend, &[]).assert_ok();
     assert_no_loops(&image);
 }
+
+/// `opened` = 1 before anything is published: the backend already holds a
+/// device from an earlier attempt and will not take a new one. Waiting for
+/// `opened` would end at once on the wrong premise: refuse instead.
+#[test]
+fn stale_opened_node_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("stale-opened.img", 4);
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    bed.write(&backend, node::OPENED, "1");
+    bed.run("add", &backend, &[]).assert_failed();
+    let err = bed.read(&backend, node::HOTPLUG_ERROR).unwrap();
+    assert!(err.contains("opened = 1"), "{err}");
+    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
+    assert_no_loops(&image);
+}

@@ -234,6 +234,16 @@ pub fn read_inputs(
             ),
         }));
     }
+    // `opened` = 1 with no physical-device: the backend holds a device from
+    // an earlier attempt and will not take another ("changing physical
+    // device not supported"); waiting for `opened` would end at once, on
+    // the wrong device.
+    if values[6].as_deref() == Some(b"1") {
+        return Err(HotplugError::NotWaiting {
+            backend: backend.dir(),
+            state: "opened = 1 (the backend already holds a device)".into(),
+        });
+    }
     Ok(Some(Inputs {
         raw_params,
         params,

@@ -29,7 +29,7 @@ pub enum HotplugError {
         source: SchemaError,
     },
     /// The backend is not waiting for a device.
-    #[error("{backend}: backend state is {state}, not waiting for a device (closed or removed during hotplug add)")]
+    #[error("{backend}: backend state is {state}, not waiting for a device")]
     NotWaiting {
         /// The backend directory.
         backend: String,
