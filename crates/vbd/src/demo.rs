@@ -8,7 +8,7 @@
 //! `block-diskseq` script as a child process, and real loop devices.
 //!
 //! The race is driven deterministically through the backend's
-//! [`BeforeOpen`](crate::backend::BeforeOpen) hook: it runs on the backend
+//! [`BeforeOpen`] hook: it runs on the backend
 //! thread after the `physical-device` record was read and before the device
 //! is opened — exactly the window in which, on a real host, a loop device
 //! can be detached and another file bound under the same number. The record
