@@ -270,3 +270,45 @@ fn stale_opened_node_is_refused() {
     assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
     assert_no_loops(&image);
 }
+
+/// End to end with this project's backend (blkback's protocol with the
+/// diskseq check and the `opened` node): libxl's order — directories, wait
+/// for InitWait, run the script — hands the backend exactly the published
+/// instance, and the device lives as long as the backend holds it.
+#[test]
+fn the_project_backend_takes_the_published_device() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("real-backend.img", 4);
+    let mut config = vbd::backend::BackendConfig::new(0);
+    config.logger = std::sync::Arc::new(|_| {});
+    let backend_service = vbd::backend::Backend::new(bed.client(), config)
+        .spawn()
+        .unwrap();
+    let backend = bed.libxl_add(5, 51712, image.path_bytes(), "w");
+    wait_for(
+        || bed.read(&backend, node::STATE).as_deref() == Some("2"),
+        "backend InitWait",
+    );
+    assert_eq!(bed.read(&backend, node::OPENED).as_deref(), Some("0"));
+
+    let run = bed.run("add", &backend, &[]);
+    run.assert_ok();
+    assert!(run.log.contains("backend holds the device"), "{}", run.log);
+    let loops = image.loops();
+    assert_eq!(loops.len(), 1);
+    let held = backend_service.held_disks();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0].id, loops[0].id,
+        "the backend holds the published instance"
+    );
+
+    // The backend lets go (as blkback at detach): the device goes with it.
+    backend_service.stop().unwrap();
+    assert_no_loops(&image);
+    bed.run("remove", &backend, &[]).assert_ok();
+    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
+}
