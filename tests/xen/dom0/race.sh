@@ -33,7 +33,10 @@ adversary() {
             dev=${f#/sys/block/}
             dev=/dev/${dev%%/*}
             losetup -d "$dev" 2>/dev/null && detached=$((detached + 1))
-            losetup "$dev" "$RACE_EVIL" 2>/dev/null && rebound=$((rebound + 1))
+            if losetup "$dev" "$RACE_EVIL" 2>/dev/null; then
+                rebound=$((rebound + 1))
+                echo "$(ms_now) $dev state=$(xs_read "$RACE_BACKEND/state")" >>"$RACE_TALLY.log"
+            fi
             echo "$detached $rebound" >"$RACE_TALLY"
         done
         read -r -t 0.01 -u "$nap" _
@@ -44,6 +47,8 @@ adversary() {
 race_run() {
     local script=$1 attempts=$2 vdev=xvdb be i seen right=0 wrong=0 failed=0 adv
     be=$(backend_dir 0 "$(vdev_devid $vdev)")
+    RACE_BACKEND=$be
+    : >"$RACE_TALLY.log"
     make_image "$RACE_VICTIM" 16 VICTIM
     make_image "$RACE_EVIL" 16 EVIL
     rm -f "$RACE_STOP"
@@ -64,6 +69,7 @@ race_run() {
                 seen=$(read_tag /dev/$vdev)
             fi
         fi
+        xt_evidence "attempt $i: read done at clock $(ms_now) ms"
         case "$seen" in
         "XENTEST-IMAGE VICTIM")
             right=$((right + 1))
@@ -83,7 +89,7 @@ race_run() {
         t0=$(ms_now)
         xl block-detach 0 $vdev >/dev/null 2>&1 || xl block-detach -f 0 $vdev >/dev/null 2>&1
         wait_for "$XT_WAIT" xs_absent "$be"
-        xt_evidence "attempt $i: xl block-attach returned at $attached ms, connected at $connected ms, detached in $(($(ms_now) - t0)) ms"
+        xt_evidence "attempt $i: xl block-attach returned at $attached ms, connected at $connected ms, detached in $(($(ms_now) - t0)) ms (clock $(ms_now))"
         # Evil bindings no backend holds any more.
         for dev in $(loops_of "$RACE_EVIL"); do losetup -d "$dev" 2>/dev/null; done
     done
@@ -91,6 +97,9 @@ race_run() {
     touch "$RACE_STOP"
     wait "$adversary_pid"
     read -r detached rebound <"$RACE_TALLY"
+    # When each rebind took, with the backend state then: a rebind after the
+    # detach (state 6 or no backend) cannot reach the disk that was given.
+    xt_evidence_cmd "adversary rebind (clock ms, loop, backend state)" cat "$RACE_TALLY.log"
     xt_figure attempts "$attempts"
     xt_figure right_disk "$right"
     xt_figure wrong_disk "$wrong"
