@@ -31,7 +31,7 @@ use diskseq::{DiskId, FileId, LoopDevice, LoopOptions};
 use xenstore::client::Client;
 use xenstored::{Config, Daemon, DaemonHandle};
 
-use crate::backend::{Backend, BackendConfig, BackendHandle, BeforeOpen, DiskseqPolicy};
+use crate::backend::{Backend, BackendConfig, BackendHandle, BeforeOpen, DiskseqPolicy, Fatal};
 use crate::frontend::{Frontend, FrontendHandle};
 use crate::schema::{node, BackendPath, Mode, PublishedDevice, XenbusState};
 use crate::toolstack::{self, DeviceType, DiskSpec, Toolstack, Vdev};
@@ -184,32 +184,42 @@ struct RaceSlot {
 }
 
 /// The hook: in the open window of the armed device, detach its loop
-/// device and bind the replacement image on the same minor.
+/// device and bind the replacement image on the same minor. If that fails
+/// (another process took the minor meanwhile), the open is refused, so a
+/// backend never opens a device that is not the demo's.
 fn race_hook(slot: Arc<Mutex<RaceSlot>>) -> BeforeOpen {
     Arc::new(move |path, _request| {
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         let armed_here = slot.armed.as_ref().is_some_and(|(p, _, _)| p == path);
         if !armed_here {
-            return;
+            return Ok(());
         }
         let Some((_, victim, replacement)) = slot.armed.take() else {
-            return;
+            return Ok(());
         };
         let published = victim.id();
-        drop(victim); // the last fd: autoclear detaches it
-        slot.swapped = Some(
-            bind_on_minor(published.minor, &replacement)
-                .map(|dev| (published, dev))
-                .map_err(|e| e.to_string()),
-        );
+        let swapped = rebind_same_minor(victim, &replacement);
+        let verdict = match &swapped {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Fatal::new(rustix::io::Errno::BUSY, format!("demo: {e}"))),
+        };
+        slot.swapped = Some(swapped.map(|rebound| (published, rebound)));
+        verdict
     })
 }
 
-/// Binds `image` to `/dev/loop<minor>` once the previous binding is gone
-/// (autoclear finishes at the last close, a moment later).
-fn bind_on_minor(minor: u32, image: &Path) -> Result<LoopDevice, String> {
+/// Detaches `victim` (its fd is the last one: autoclear detaches it at the
+/// close) and binds `image` on the same minor, with autoclear.
+///
+/// The minor cannot be held across the swap: `LOOP_CLR_FD` only marks the
+/// device and the detach happens at the last close, after which any process
+/// may claim the free minor. So the bind retries for a while (someone who
+/// took the minor usually gives it back soon) and fails otherwise.
+pub fn rebind_same_minor(victim: LoopDevice, image: &Path) -> Result<LoopDevice, String> {
+    let minor = victim.id().minor;
+    drop(victim);
     let file = open_rw(image)?;
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match LoopDevice::attach_at(minor, file.as_fd(), &autoclear()) {
             Ok(dev) => return Ok(dev),
@@ -405,7 +415,7 @@ pub fn run(
         narrate,
         format!(
             "the script published physical-device {} and diskseq {} in one transaction; exit status 0",
-            attach.physical_device.as_deref().unwrap_or("?"),
+            attach.physical_device.as_deref().map_or("?".into(), dev_both),
             attach.diskseq.as_deref().map_or("?".into(), seq_both)
         ),
     );
@@ -674,7 +684,7 @@ fn run_race(
     }
     narrate(Narration::Detail(format!(
         "published physical-device {}, diskseq {}: {}, bound to A.img",
-        published_id.dev().to_xenstore(),
+        dev_both(&published_id.dev().to_xenstore()),
         seq_both(&published_id.seq.to_xenstore()),
         published.path
     )));
@@ -771,6 +781,15 @@ fn seq_both(hex: &str) -> String {
     match u64::from_str_radix(hex, 16) {
         Ok(n) => format!("{hex} (= {n})"),
         Err(_) => hex.to_owned(),
+    }
+}
+
+/// `7:a (= 7:10)`: `physical-device` as xenstore has it (hex), and the
+/// decimal `maj:min` the kernel and sysfs use, when they differ.
+fn dev_both(hex: &str) -> String {
+    match diskseq::DevNum::parse_xenstore(hex) {
+        Ok(dev) if dev.to_string() != hex => format!("{hex} (= {dev})"),
+        _ => hex.to_owned(),
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use backend_support::*;
 use diskseq::LoopDevice;
 use vbd::backend::{BackendConfig, DiskseqPolicy, OpenMethod};
+use vbd::demo::rebind_same_minor;
 use vbd::schema::{node, BackendPath, Mode, XenbusState};
 use vbd::toolstack::{DeviceType, DiskSpec, Toolstack};
 use xenstore::client::Client;
@@ -181,10 +182,11 @@ fn the_reused_minor_is_refused_every_time() {
             let mut slot = hook_slot.lock().unwrap();
             if let Some(a) = slot.0.take() {
                 assert_eq!(a.id().dev(), request.dev);
-                let minor = a.id().minor;
-                drop(a); // last fd: autoclear detaches A
-                slot.1 = Some(attach_loop_at(minor, &hook_image));
+                // A's fd is the last one: autoclear detaches it; B then
+                // takes the same minor.
+                slot.1 = Some(rebind_same_minor(a, &hook_image).expect("swap"));
             }
+            Ok(())
         }));
         let backend = env.start_backend(config);
         let _guest = env.start_frontend(3);
@@ -249,10 +251,9 @@ fn a_backend_without_the_check_serves_the_wrong_image() {
     config.before_open = Some(Arc::new(move |_path, _request| {
         let mut slot = hook_slot.lock().unwrap();
         if let Some(a) = slot.0.take() {
-            let minor = a.id().minor;
-            drop(a);
-            slot.1 = Some(attach_loop_at(minor, &hook_image));
+            slot.1 = Some(rebind_same_minor(a, &hook_image).expect("swap"));
         }
+        Ok(())
     }));
     let backend = env.start_backend(config);
     let guest = env.start_frontend(4);
@@ -477,9 +478,7 @@ fn a_restarted_backend_resumes_from_xenstore() {
     // While it is down: a record for xvda, and xvdc's minor reused by A.
     let dev_a = attach_loop(&image_a, false);
     publish_loop(&mut xs, &waiting, &dev_a);
-    let minor_c = dev_c.id().minor;
-    drop(dev_c);
-    let reused = attach_loop_at(minor_c, &image_a);
+    let reused = rebind_same_minor(dev_c, &image_a).expect("reuse xvdc's minor");
 
     // Watch `state` of the connected device across the restart.
     let mut watcher = env.dom0();

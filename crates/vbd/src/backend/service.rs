@@ -22,13 +22,15 @@ use crate::backend::machine::{
     Effect, FrontendView, OpenRequest, PhysicalSnapshot, ProbeFeatures, RingInfo, Start, VbdMachine,
 };
 use crate::backend::policy::DiskseqPolicy;
+use crate::backend::Fatal;
 use crate::schema::{self, node, BackendPath, XenbusState};
 
 /// Called on the backend thread after the `physical-device` record was read
 /// and before the device is opened. The demo uses it to reproduce, on cue,
 /// the race the diskseq check closes (the device number is reused in this
-/// exact window); production never sets it.
-pub type BeforeOpen = Arc<dyn Fn(&BackendPath, &OpenRequest) + Send + Sync>;
+/// exact window); production never sets it. An error is fatal for the
+/// device, like a failed open.
+pub type BeforeOpen = Arc<dyn Fn(&BackendPath, &OpenRequest) -> Result<(), Fatal> + Send + Sync>;
 
 /// Where the backend's log lines go.
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
@@ -423,7 +425,7 @@ impl Backend {
             .machine
             .on_physical_device(&snapshot, policy, |request| {
                 if let Some(hook) = &hook {
-                    hook(path, request);
+                    hook(path, request)?;
                 }
                 open_disk(request, method)
             });

@@ -147,34 +147,6 @@ pub fn attach_loop(image: &Path, read_only: bool) -> LoopDevice {
     }
 }
 
-/// Binds `image` to `/dev/loop<minor>` (which must be free), autoclear.
-pub fn attach_loop_at(minor: u32, image: &Path) -> LoopDevice {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .expect("open image");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match LoopDevice::attach_at(
-            minor,
-            file.as_fd(),
-            &LoopOptions {
-                autoclear: true,
-                ..LoopOptions::default()
-            },
-        ) {
-            Ok(dev) => return dev,
-            // The old binding's autoclear may still be finishing.
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => panic!("attach /dev/loop{minor}: {e}"),
-        }
-    }
-}
-
 /// The first `len` bytes of a block device, read through `fd`.
 pub fn first_bytes(fd: impl AsFd, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
