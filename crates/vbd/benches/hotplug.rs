@@ -16,14 +16,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hotplug_support::{Bed, Image, OpenedBackend};
+use hotplug_support::{assert_no_loops, wait_for, Bed, Image};
+use vbd::backend::{Backend, BackendConfig};
 use vbd::schema::{node, BackendPath};
+
+const STOCK: &str = "Xen stock block (backend present)";
 
 struct Script {
     name: &'static str,
     path: PathBuf,
-    /// Play a backend that takes each device (`opened` handshake), as on a
-    /// host with this project's backend or the diskseq blkback patch.
+    /// Run this project's backend (blkback's protocol with the diskseq
+    /// check and the `opened` node) over the same xenstored.
     with_backend: bool,
     env: &'static [(&'static str, &'static str)],
 }
@@ -45,13 +48,13 @@ fn main() {
         .unwrap_or(30);
     let mut scripts = vec![
         Script {
-            name: "block-diskseq, backend present (opened handshake)",
+            name: "block-diskseq (backend present: opened handshake)",
             path: ours.clone(),
             with_backend: true,
             env: &[],
         },
         Script {
-            name: "block-diskseq, no backend (persistent loop)",
+            name: "block-diskseq (no backend: persistent loop)",
             path: ours,
             with_backend: false,
             env: &[("BLOCK_DISKSEQ_HANDOFF", "off")],
@@ -59,9 +62,9 @@ fn main() {
     ];
     if let Some(stock) = std::env::var_os("STOCK_BLOCK_SCRIPT") {
         scripts.push(Script {
-            name: "Xen stock block",
+            name: STOCK,
             path: stock.into(),
-            with_backend: false,
+            with_backend: true,
             env: &[],
         });
     }
@@ -71,19 +74,20 @@ fn main() {
     let mut results = Vec::new();
     let mut cpu = Vec::new();
     for script in &scripts {
+        let service = script.with_backend.then(|| {
+            let mut config = BackendConfig::new(0);
+            config.logger = std::sync::Arc::new(|_| {});
+            Backend::new(bed.client(), config)
+                .spawn()
+                .expect("start the backend")
+        });
         let mut add = Vec::new();
         let mut remove = Vec::new();
         for _ in 0..runs {
-            let (image, backend) = prepare(&bed, &mut next_fe);
-            let blkback = script
-                .with_backend
-                .then(|| OpenedBackend::start(&bed, &backend, true));
+            let (image, backend) = prepare(&bed, &mut next_fe, script.with_backend);
             add.push(time(spawn(&bed, script, "add", &backend)));
             assert_published(&bed, &backend, script);
-            if let Some(blkback) = blkback {
-                // The guest goes away: the backend closes, the device autoclears.
-                blkback.release().expect("backend held the device");
-            }
+            detach(&bed, &backend, &image, script.with_backend);
             remove.push(time(spawn(&bed, script, "remove", &backend)));
             teardown(&bed, &backend, &image);
         }
@@ -94,11 +98,8 @@ fn main() {
             let reps = if k == 32 { 5 } else { 7 };
             let mut walls = Vec::new();
             for _ in 0..reps {
-                let set: Vec<_> = (0..k).map(|_| prepare(&bed, &mut next_fe)).collect();
-                let backends: Vec<_> = set
-                    .iter()
-                    .filter(|_| script.with_backend)
-                    .map(|(_, b)| OpenedBackend::start(&bed, b, true))
+                let set: Vec<_> = (0..k)
+                    .map(|_| prepare(&bed, &mut next_fe, script.with_backend))
                     .collect();
                 let cpu_before = children_cpu();
                 let start = Instant::now();
@@ -113,16 +114,17 @@ fn main() {
                 walls.push(start.elapsed());
                 add_cpu += children_cpu().saturating_sub(cpu_before);
                 adds += k as u32;
-                for blkback in backends {
-                    blkback.release().expect("backend held the device");
-                }
                 for (image, backend) in &set {
                     assert_published(&bed, backend, script);
+                    detach(&bed, backend, image, script.with_backend);
                     time(spawn(&bed, script, "remove", backend));
                     teardown(&bed, backend, image);
                 }
             }
             concurrent.push((k, median(&mut walls)));
+        }
+        if let Some(service) = service {
+            service.stop().expect("backend ran cleanly");
         }
         results.push((script.name, stats(&mut add), stats(&mut remove), concurrent));
         cpu.push(add_cpu / adds);
@@ -144,11 +146,9 @@ fn main() {
             ms(*cpu)
         );
     }
-    if let Some((_, stock_add, stock_rm, stock_c)) =
-        results.iter().find(|r| r.0 == "Xen stock block")
-    {
+    if let Some((_, stock_add, stock_rm, stock_c)) = results.iter().find(|r| r.0 == STOCK) {
         let ratio = |stock: Duration, ours: Duration| stock.as_secs_f64() / ours.as_secs_f64();
-        for (name, add, rm, conc) in results.iter().filter(|r| r.0 != "Xen stock block") {
+        for (name, add, rm, conc) in results.iter().filter(|r| r.0 != STOCK) {
             println!();
             println!("stock / {name}:");
             println!(
@@ -167,15 +167,45 @@ fn main() {
     );
 }
 
-/// A fresh image and backend directory, as libxl leaves them when it runs
-/// the script (backend probed: state 2).
-fn prepare(bed: &Bed, next_fe: &mut u32) -> (Image, BackendPath) {
+/// A fresh image and backend directory, as libxl has them when it runs the
+/// script: written in one transaction, then (with a backend) probed —
+/// libxl waits for InitWait — or else set to InitWait by hand, which the
+/// stock script requires.
+fn prepare(bed: &Bed, next_fe: &mut u32, with_backend: bool) -> (Image, BackendPath) {
     let fe = *next_fe;
     *next_fe += 1;
     let image = bed.image(&format!("bench-{fe}.img"), 64);
     let backend = bed.libxl_add(fe, 51712, image.path_bytes(), "w");
-    bed.write(&backend, node::STATE, "2");
+    if with_backend {
+        wait_for(
+            || bed.read(&backend, node::STATE).as_deref() == Some("2"),
+            "backend InitWait",
+        );
+    } else {
+        bed.write(&backend, node::STATE, "2");
+    }
     (image, backend)
+}
+
+/// Detach up to running `remove`, as libxl and a departing guest do it:
+/// `online` = 0, backend Closing, the frontend Closed; the backend then
+/// releases the disk (ours autoclears at that moment: wait for it).
+fn detach(bed: &Bed, backend: &BackendPath, image: &Image, with_backend: bool) {
+    bed.write(backend, node::ONLINE, "0");
+    bed.write(backend, node::STATE, "5");
+    let frontend_state = format!(
+        "/local/domain/{}/device/vbd/{}/state",
+        backend.frontend_domid(),
+        backend.devid()
+    );
+    bed.client().write(&frontend_state, "6").unwrap();
+    let autoclear = image.loops().iter().any(|l| l.autoclear);
+    if with_backend && autoclear {
+        wait_for(
+            || image.loops().is_empty(),
+            "the backend to release the disk",
+        );
+    }
 }
 
 fn spawn(bed: &Bed, script: &Script, cmd: &str, backend: &BackendPath) -> Child {
@@ -215,11 +245,8 @@ fn teardown(bed: &Bed, backend: &BackendPath, image: &Image) {
     let mut client = bed.client();
     client.rm(&backend.absolute(0)).unwrap();
     let _ = client.rm(&format!("/local/domain/{}", backend.frontend_domid()));
-    assert!(
-        image.loops().is_empty(),
-        "remove left {} attached",
-        image.path.display()
-    );
+    // A backend may close its fd a moment later (then autoclear detaches).
+    assert_no_loops(image);
     let _ = std::fs::remove_file(&image.path);
 }
 
