@@ -7,8 +7,8 @@
 //! need no locks. The only shared state is the table of held disks, which
 //! observers (tests, the demo) read through [`BackendHandle`].
 
-use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -133,7 +133,7 @@ pub struct Backend {
     root: String,
     devices: HashMap<BackendPath, Device>,
     /// Dirs whose probe failed (no frontend): not retried until removed.
-    unprobeable: HashMap<BackendPath, ()>,
+    unprobeable: HashSet<BackendPath>,
     held: HeldTable,
 }
 
@@ -146,7 +146,7 @@ impl Backend {
             client,
             root,
             devices: HashMap::new(),
-            unprobeable: HashMap::new(),
+            unprobeable: HashSet::new(),
             held: Arc::default(),
         }
     }
@@ -254,7 +254,7 @@ impl Backend {
     /// Lists every device dir: at startup, adopts each in whatever state it
     /// is (restart recovery); later, probes the new ones and drops the gone.
     fn scan(&mut self, startup: bool) -> Result<(), xenstore::client::Error> {
-        let mut present = Vec::new();
+        let mut present = HashSet::new();
         let frontends = match self.client.directory(&self.root) {
             Ok(list) => list,
             Err(e) if e.is_not_found() => Vec::new(),
@@ -269,7 +269,7 @@ impl Backend {
             };
             for devid in devids {
                 if let Ok(path) = BackendPath::parse(&format!("{fe_dir}/{devid}")) {
-                    present.push(path);
+                    present.insert(path);
                 }
             }
         }
@@ -282,10 +282,16 @@ impl Backend {
         for path in gone {
             self.removed(&path);
         }
-        self.unprobeable.retain(|p, ()| present.contains(p));
+        self.unprobeable.retain(|p| present.contains(p));
         for path in present {
-            if !self.devices.contains_key(&path) {
-                self.consider(&path, startup)?;
+            if self.devices.contains_key(&path) {
+                continue;
+            }
+            // One device's trouble must not keep the others from starting.
+            match self.consider(&path, startup) {
+                Err(e) if connection_lost(&e) => return Err(e),
+                Err(e) => self.log(&format!("{path}: {e}")),
+                Ok(()) => {}
             }
         }
         Ok(())
@@ -319,7 +325,7 @@ impl Backend {
         path: &BackendPath,
         startup: bool,
     ) -> Result<(), xenstore::client::Error> {
-        if self.unprobeable.contains_key(path) {
+        if self.unprobeable.contains(path) {
             return Ok(());
         }
         let dir = path.dir();
@@ -345,7 +351,7 @@ impl Backend {
             Ok(frontend) => frontend,
             Err(why) => {
                 self.log(&format!("{dir}: reading other end details: {why}"));
-                self.unprobeable.insert(path.clone(), ());
+                self.unprobeable.insert(path.clone());
                 return Ok(());
             }
         };
