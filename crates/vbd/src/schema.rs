@@ -61,6 +61,12 @@ pub mod node {
     pub const DISKSEQ: &str = "diskseq";
     /// `/dev/loopN`, only for a loop device the script created.
     pub const NODE: &str = "node";
+    /// "1" when the loop device in `node` was handed to the backend with
+    /// autoclear: it detaches itself when the backend closes it, so `remove`
+    /// finding another disk under its number is expected, not a swap.
+    /// Absent for a persistent loop device (no backend signal), which
+    /// `remove` detaches itself. (block-diskseq's own node.)
+    pub const AUTOCLEAR: &str = "diskseq-autoclear";
     /// `connected`, `error` or `busy`.
     pub const HOTPLUG_STATUS: &str = "hotplug-status";
     /// Why the script failed.

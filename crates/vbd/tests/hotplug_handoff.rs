@@ -245,6 +245,7 @@ fn handoff_off_keeps_the_device_until_remove() {
     let run = bed.run("add", &backend, &[("BLOCK_DISKSEQ_HANDOFF", "off")]);
     run.assert_ok();
     assert!(run.log.contains("made persistent"), "{}", run.log);
+    assert_eq!(bed.read(&backend, node::AUTOCLEAR), None, "the record says: persistent");
     let loops = image.loops();
     assert_eq!(loops.len(), 1);
     assert!(!loops[0].autoclear);

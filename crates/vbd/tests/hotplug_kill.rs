@@ -170,3 +170,57 @@ fn remove_refuses_a_device_swapped_behind_its_back() {
     bed.run("remove", &backend, &[]).assert_ok();
     assert_no_loops(&image);
 }
+
+/// A device handed off with autoclear detaches itself when the backend
+/// closes it, and anyone may attach another file under its number before
+/// `remove` runs: that is the normal end of the device, not a swap.
+#[test]
+fn remove_after_autoclear_succeeds_even_if_the_number_was_reused() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("handed-off.img", 4);
+    let other = bed.image("next-user.img", 4);
+    let other_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&other.path)
+        .unwrap();
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    let mut reused = None;
+    for _ in 0..50 {
+        let blkback = OpenedBackend::start(&bed, &backend, true);
+        bed.run("add", &backend, &[]).assert_ok();
+        assert_eq!(bed.read(&backend, node::AUTOCLEAR).as_deref(), Some("1"));
+        let id = blkback.release().expect("backend held the device");
+        assert_no_loops(&image);
+        match LoopDevice::attach_at(
+            id.minor,
+            other_file.as_fd(),
+            &LoopOptions {
+                autoclear: true,
+                ..Default::default()
+            },
+        ) {
+            Ok(device) => {
+                reused = Some(device);
+                break;
+            }
+            // Another test took the minor first; try again.
+            Err(_) => bed.run("remove", &backend, &[]).assert_ok(),
+        }
+    }
+    let device = reused.expect("could not reuse the minor in 50 tries");
+    let run = bed.run("remove", &backend, &[]);
+    run.assert_ok();
+    assert!(run.log.contains("detached itself"), "{}", run.log);
+    assert_eq!(
+        device.block_device().current_seq().unwrap(),
+        device.id().seq,
+        "the next user's disk is untouched"
+    );
+    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
+    drop(device);
+    assert_no_loops(&other);
+}

@@ -124,6 +124,13 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
         target.id().seq
     ));
 
+    // Decided before publishing, because the record says whether the loop
+    // device will detach itself (autoclear) or stay until `remove`.
+    let signal = handoff::choose(
+        cfg.handoff,
+        inputs.has_opened_node,
+        handoff::sysfs_dir(&cfg.sysfs_root, backend),
+    );
     let scan_start = Instant::now();
     let host = if inputs.mode.sharing_waived() {
         log.line("add: mode ! waives the sharing check");
@@ -132,7 +139,8 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
         HostUsers::gather(cfg, &target)?
     };
     let publish_start = Instant::now();
-    if !publish(client, backend, &inputs, &target, &host, log)? {
+    let autoclear = signal != Signal::None;
+    if !publish(client, backend, &inputs, &target, &host, autoclear, log)? {
         log.line("add: another run published physical-device first; dropping this device");
         return Ok(AddOutcome::AlreadyPresent);
     }
@@ -146,11 +154,6 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
         publish_start.elapsed(),
     ));
 
-    let signal = handoff::choose(
-        cfg.handoff,
-        inputs.has_opened_node,
-        handoff::sysfs_dir(&cfg.sysfs_root, backend),
-    );
     let published = |error: HotplugError| AddFailure {
         error,
         published: true,
@@ -357,10 +360,14 @@ fn publish(
     inputs: &Inputs,
     target: &Target,
     host: &HostUsers,
+    autoclear: bool,
     log: &mut Log,
 ) -> Result<bool, HotplugError> {
     let record = target.record();
     let mut nodes = record.to_nodes();
+    if autoclear && record.node.is_some() {
+        nodes.push((node::AUTOCLEAR, b"1".to_vec()));
+    }
     nodes.push((node::HOTPLUG_STATUS, b"connected".to_vec()));
     let writes: Vec<(String, Vec<u8>)> = nodes
         .into_iter()

@@ -107,7 +107,7 @@ fn fail(
             return Ok(false);
         }
         if published {
-            for name in PublishedDevice::NODES {
+            for name in PublishedDevice::NODES.iter().chain([&node::AUTOCLEAR]) {
                 tx.rm(&backend.node(name))?;
             }
         }

@@ -39,12 +39,13 @@ pub enum RemoveOutcome {
     AlreadyGone,
 }
 
-const RECORD_NODES: [&str; 5] = [
+const RECORD_NODES: [&str; 6] = [
     node::PHYSICAL_DEVICE,
     node::PHYSICAL_DEVICE_PATH,
     node::DISKSEQ,
     node::NODE,
     node::PARAMS,
+    node::AUTOCLEAR,
 ];
 
 /// Runs `remove`.
@@ -74,7 +75,17 @@ pub fn remove(
             ));
             RemoveOutcome::UserDevice
         }
-        Some(loop_node) => detach(backend, &record, loop_node, values[4].as_deref(), log)?,
+        Some(loop_node) => {
+            let autoclear = values[5].as_deref() == Some(b"1");
+            detach(
+                backend,
+                &record,
+                loop_node,
+                values[4].as_deref(),
+                autoclear,
+                log,
+            )?
+        }
     };
     fault::point("after-detach");
     withdraw(client, backend, &values, log)?;
@@ -82,11 +93,18 @@ pub fn remove(
 }
 
 /// Detaches the loop device of `record` if it is provably that device.
+///
+/// `autoclear`: the record says the device was handed to the backend with
+/// autoclear, so it detached itself when the backend closed it, and its
+/// number may name anyone's disk by now: that is "gone", not a swap. A
+/// persistent device (no backend signal) found replaced was swapped behind
+/// our back: nothing is touched and the run fails.
 fn detach(
     backend: &crate::schema::BackendPath,
     record: &PublishedDevice,
     loop_node: &Path,
     raw_params: Option<&[u8]>,
+    autoclear: bool,
     log: &mut Log,
 ) -> Result<RemoveOutcome, HotplugError> {
     let Some(seq) = record.diskseq else {
@@ -122,6 +140,14 @@ fn detach(
             log.line(format_args!(
                 "remove: {} already detached ({e})",
                 loop_node.display()
+            ));
+            Ok(RemoveOutcome::AlreadyGone)
+        }
+        Err(e @ (diskseq::Error::Stale { .. } | diskseq::Error::NotLoop { .. })) if autoclear => {
+            log.line(format_args!(
+                "remove: {} detached itself when the backend closed it; {} now names another disk ({e}), left alone",
+                loop_node.display(),
+                id.dev()
             ));
             Ok(RemoveOutcome::AlreadyGone)
         }
