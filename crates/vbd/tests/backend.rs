@@ -495,10 +495,19 @@ fn a_restarted_backend_resumes_from_xenstore() {
         "{}",
         env.backend_log()
     );
-    let held: Vec<_> = backend.held_disks().into_iter().map(|h| h.id).collect();
+    // xvdb is reopened in its own turn: wait for it.
+    let deadline = std::time::Instant::now() + WAIT;
+    let held = loop {
+        let held: Vec<_> = backend.held_disks().into_iter().map(|h| h.id).collect();
+        if held.len() >= 2 || std::time::Instant::now() > deadline {
+            break held;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
     assert!(
         held.contains(&dev_a.id()) && held.contains(&dev_b.id()),
-        "{held:?}"
+        "{held:?}\n{}",
+        env.backend_log()
     );
     assert_eq!(held.len(), 2, "the swapped device is not held");
     assert_eq!(
@@ -561,4 +570,62 @@ fn backend_config_debug_names_policy() {
         text.contains("Verify") && text.contains("ByNumber"),
         "{text}"
     );
+}
+
+/// A device dir removed and created again before the backend reads the
+/// removal (here: in one transaction, the extreme case) is a new device:
+/// the backend drops the old one and probes the new one.
+#[test]
+fn a_dir_removed_and_created_again_is_probed_anew() {
+    if !can_run("a_dir_removed_and_created_again_is_probed_anew") {
+        return;
+    }
+    let env = Env::new(&[11]);
+    let backend = env.start_backend(env.backend_config(0));
+    let guest = env.start_frontend(11);
+    let mut xs = env.dom0();
+    let path = create(&env, 11, 51712, Mode::ReadWrite);
+    wait_backend_state(&mut xs, &path, XenbusState::InitWait);
+    let spec = DiskSpec {
+        frontend_domid: 11,
+        backend_domid: 0,
+        vdev: vbd::toolstack::Vdev::from_devid(51712),
+        target: PathBuf::from("/nonexistent/played-by-the-test"),
+        mode: Mode::ReadWrite,
+        device_type: DeviceType::Disk,
+        script: PathBuf::from("/bin/false"),
+        discard_enable: true,
+    };
+    let layout = vbd::toolstack::Layout::new(&spec);
+    xs.transaction(|tx| {
+        tx.rm(&path.dir())?;
+        tx.mkdir(&path.dir())?;
+        tx.set_perms(&path.dir(), &layout.backend_perms)?;
+        for (name, value) in &layout.backend_nodes {
+            tx.write(&path.node(name), value.as_bytes())?;
+        }
+        Ok::<_, xenstore::client::Error>(())
+    })
+    .unwrap();
+    wait_backend_state(&mut xs, &path, XenbusState::InitWait);
+    assert_eq!(
+        read(&mut xs, &path.node(node::OPENED)).as_deref(),
+        Some("0")
+    );
+    assert!(
+        env.backend_log().contains("removed and created again"),
+        "{}",
+        env.backend_log()
+    );
+    // And the new device works.
+    let image = env.image("again.img", "AGAIN", MIB);
+    let dev = attach_loop(&image, false);
+    publish_loop(&mut xs, &path, &dev);
+    if let Err(e) = guest.wait_state(51712, XenbusState::Connected, WAIT) {
+        panic!("{e}\n{}", env.backend_log());
+    }
+    assert_eq!(backend.held_disks()[0].id, dev.id());
+    drop(dev);
+    xs.rm(&path.dir()).unwrap();
+    wait_detached(&image);
 }

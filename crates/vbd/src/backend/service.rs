@@ -239,16 +239,17 @@ impl Backend {
         }
     }
 
-    /// The device dir an event path is at or below, and whether it is the
-    /// dir itself.
+    /// The device dir an event path is at or below, and whether the event
+    /// may mean the dir was removed or created: an event on the dir itself
+    /// or on its `state` node.
     fn device_of(&self, event_path: &str) -> Option<(BackendPath, bool)> {
         let rest = event_path.strip_prefix(&self.root)?.strip_prefix('/')?;
         let mut parts = rest.splitn(3, '/');
         let fe = parts.next()?;
         let devid = parts.next()?;
-        let below = parts.next().is_some();
+        let below = parts.next();
         let path = BackendPath::parse(&format!("{}/{fe}/{devid}", self.root)).ok()?;
-        Some((path, !below))
+        Some((path, below.is_none_or(|node| node == node::STATE)))
     }
 
     /// Lists every device dir: at startup, adopts each in whatever state it
@@ -302,11 +303,34 @@ impl Backend {
         path: BackendPath,
         exact: bool,
     ) -> Result<(), xenstore::client::Error> {
-        if self.devices.contains_key(&path) {
+        if let Some(device) = self.devices.get(&path) {
             // Only a removal concerns a known device here: blkback does not
             // react to the toolstack rewriting its nodes.
-            if exact && self.client.read_opt(&path.dir())?.is_none() {
-                self.removed(&path);
+            if !exact {
+                return Ok(());
+            }
+            let ours = device.machine.state();
+            let dir = path.dir();
+            let state = self.client.transaction(|tx| {
+                tx.read_opt(&dir)?
+                    .map(|_| tx.read_opt(&format!("{dir}/{}", node::STATE)))
+                    .transpose()
+            })?;
+            match state {
+                None => self.removed(&path),
+                // Removed and created again before this event was read (a
+                // failed attach retried, say): Initialising is written only
+                // by a toolstack creating the dir. The old device goes, the
+                // new one is probed.
+                Some(Some(raw))
+                    if XenbusState::from_node(&raw).ok() == Some(XenbusState::Initialising)
+                        && ours != XenbusState::Initialising =>
+                {
+                    self.log(&format!("{dir}: removed and created again"));
+                    self.removed(&path);
+                    return self.consider(&path, false);
+                }
+                Some(_) => {}
             }
             return Ok(());
         }
