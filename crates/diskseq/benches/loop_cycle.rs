@@ -10,7 +10,9 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Bencher, Criterion};
 use diskseq::{
     detach_verified, ioctl, open_verified, Access, DiskId, FileId, LoopDevice, LoopOptions,
 };
@@ -77,6 +79,20 @@ fn raw_open(path: &Path) -> (u64, Option<u64>) {
     (stat.st_rdev, seq)
 }
 
+/// Times `timed` only, running `companion` untimed before each iteration.
+fn paired(b: &mut Bencher<'_>, mut timed: impl FnMut(), mut companion: impl FnMut()) {
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            companion();
+            let start = Instant::now();
+            timed();
+            total += start.elapsed();
+        }
+        total
+    })
+}
+
 fn losetup_cycle(backing: &Path) {
     let out = Command::new("losetup")
         .args(["-f", "--show"])
@@ -106,19 +122,25 @@ fn bench(c: &mut Criterion) {
         .open("/dev/loop-control")
         .expect("open /dev/loop-control");
 
+    // The kernel's share of a cycle (two queue freezes, each waiting for an
+    // RCU grace period) swings with the machine's load by 10x within
+    // seconds, so each iteration also runs its counterpart, untimed:
+    // both sides of every comparison see the same conditions.
+    let raw = || {
+        black_box(raw_cycle(&control, backing));
+    };
+    let verified = || {
+        black_box(verified_cycle(backing, backing_id));
+    };
     let mut cycle = c.benchmark_group("attach_detach");
-    cycle.bench_function("raw_ioctls", |b| {
-        b.iter(|| black_box(raw_cycle(&control, backing)))
-    });
-    cycle.bench_function("diskseq_verified", |b| {
-        b.iter(|| black_box(verified_cycle(backing, backing_id)))
-    });
+    cycle.bench_function("raw_ioctls", |b| paired(b, raw, verified));
+    cycle.bench_function("diskseq_verified", |b| paired(b, verified, raw));
     cycle.finish();
 
     let mut losetup = c.benchmark_group("attach_detach_losetup");
     losetup.sample_size(20);
     losetup.bench_function("losetup_f_show_d", |b| {
-        b.iter(|| losetup_cycle(file.path()))
+        paired(b, || losetup_cycle(file.path()), verified)
     });
     losetup.finish();
 

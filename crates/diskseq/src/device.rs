@@ -271,11 +271,11 @@ fn describe(file_type: FileType) -> &'static str {
 /// instance. [`Error::Stale`] when the number now names another instance.
 ///
 /// Where to look, in order: `/dev/block/M:m` (udev's link, when this host
-/// has `/dev/block`); `/dev/` + the
-/// kernel name from the `/sys/dev/block/M:m` link (one readlink; the name
-/// the kernel gives the device node unless a driver renames it); `/dev/` +
-/// `DEVNAME` from `/sys/dev/block/M:m/uevent` when the cheaper hint does
-/// not lead to device `M:m`. Whatever the name, the fd is the proof.
+/// has `/dev/block`); where this process last found `M:m`; `/dev/` + the
+/// kernel name from the `/sys/dev/block/M:m` link (the name the kernel gives
+/// the device node unless a driver renames it); `/dev/` + `DEVNAME` from
+/// `/sys/dev/block/M:m/uevent`. A hint that does not lead to device `M:m`
+/// is passed over. Whatever the name, the fd is the proof.
 pub fn open_verified(id: DiskId, access: Access) -> Result<BlockDevice> {
     let dev = id.dev();
     let device = if udev_links() {
@@ -303,19 +303,69 @@ fn udev_links() -> bool {
     *HAS_DEV_BLOCK.get_or_init(|| Path::new("/dev/block").is_dir())
 }
 
-/// Opens `/dev/<kernel name of dev>`, trying the sysfs link's name first
-/// and the uevent's `DEVNAME` when that does not lead to `dev`.
+/// Opens `/dev/<kernel name of dev>`: where this process last found `dev`,
+/// else the sysfs link's name, else the uevent's `DEVNAME`. Each is only a
+/// hint; the caller proves the result on the fd.
 fn open_by_kernel_name(dev: DevNum, access: Access) -> Result<BlockDevice> {
-    if let Some(name) = sysfs::link_name(dev) {
-        match BlockDevice::open(&Path::new("/dev").join(&name), access) {
+    if let Some(path) = known_paths::get(dev) {
+        match BlockDevice::open(&path, access) {
             Ok(device) if device.dev() == dev => return Ok(device),
+            // Renamed, gone, or now another device: look it up afresh, and
+            // let that lookup report any genuine error.
+            _ => known_paths::forget(dev),
+        }
+    }
+    if let Some(name) = sysfs::link_name(dev) {
+        let path = Path::new("/dev").join(&name);
+        match BlockDevice::open(&path, access) {
+            Ok(device) if device.dev() == dev => {
+                known_paths::remember(dev, path);
+                return Ok(device);
+            }
             Ok(_) => {}
             Err(Error::Io { ref source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
     let path = Path::new("/dev").join(sysfs::devname(dev)?);
-    BlockDevice::open(&path, access)
+    let device = BlockDevice::open(&path, access)?;
+    if device.dev() == dev {
+        known_paths::remember(dev, path);
+    }
+    Ok(device)
+}
+
+/// Where this process last found each device number. Only a hint, like
+/// the sysfs name it saves looking up (a readlink in sysfs costs as much as
+/// the open itself): every open through it is proven on the fd, and a hint
+/// that no longer leads to its number is dropped.
+mod known_paths {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::{Mutex, MutexGuard, OnceLock};
+
+    use crate::id::DevNum;
+
+    fn paths() -> MutexGuard<'static, HashMap<DevNum, PathBuf>> {
+        static PATHS: OnceLock<Mutex<HashMap<DevNum, PathBuf>>> = OnceLock::new();
+        let paths = PATHS.get_or_init(Mutex::default);
+        // The map holds hints only: a panic elsewhere cannot make it unsafe.
+        paths
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn get(dev: DevNum) -> Option<PathBuf> {
+        paths().get(&dev).cloned()
+    }
+
+    pub(super) fn remember(dev: DevNum, path: PathBuf) {
+        paths().insert(dev, path);
+    }
+
+    pub(super) fn forget(dev: DevNum) {
+        paths().remove(&dev);
+    }
 }
 
 /// Opens the disk whose diskseq is `seq` (or its partition `partition`) and

@@ -255,8 +255,7 @@ fn loop_path(index: u32) -> PathBuf {
 /// The backing file's identity, after refusing combinations the kernel would
 /// silently "fix".
 fn check_backing(backing: BorrowedFd<'_>, opts: &LoopOptions) -> Result<FileId> {
-    let name = fd_name(backing);
-    let id = FileId::of(backing).map_err(|e| Error::io("stat", &name, e))?;
+    let id = FileId::of(backing).map_err(|e| Error::io("stat", fd_name(backing), e))?;
     if let Some(size) = opts.block_size {
         if !(512..=65536).contains(&size) || !size.is_power_of_two() {
             return Err(Error::InvalidOption(
@@ -265,8 +264,8 @@ fn check_backing(backing: BorrowedFd<'_>, opts: &LoopOptions) -> Result<FileId> 
         }
     }
     if !opts.read_only {
-        let flags =
-            rustix::fs::fcntl_getfl(backing).map_err(|e| Error::io("fcntl on", &name, e))?;
+        let flags = rustix::fs::fcntl_getfl(backing)
+            .map_err(|e| Error::io("fcntl on", fd_name(backing), e))?;
         if flags & OFlags::RWMODE != OFlags::RDWR {
             // The kernel would quietly make the device read-only.
             return Err(Error::BackingNotWritable { backing: id });
@@ -275,7 +274,7 @@ fn check_backing(backing: BorrowedFd<'_>, opts: &LoopOptions) -> Result<FileId> 
     Ok(id)
 }
 
-/// A name for an fd in messages: its path from `/proc/self/fd`.
+/// A name for an fd in error messages: its path from `/proc/self/fd`.
 fn fd_name(fd: BorrowedFd<'_>) -> PathBuf {
     let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
     std::fs::read_link(&link).unwrap_or_else(|_| PathBuf::from(link))
