@@ -301,18 +301,27 @@ pub struct HostUsers {
 impl HostUsers {
     fn gather(cfg: &Config, target: &Target) -> Result<Self, HotplugError> {
         let id = target.id();
-        let mut users = HostUsers {
-            vbds_may_hold: matches!(target, Target::Block { .. }),
-            ..HostUsers::default()
-        };
-        for dev in sharing::device_family(&cfg.sysfs_root, id.dev()) {
-            users.same_disk.insert(dev, id.seq);
-        }
-        if let Target::Loop { backing, .. } = target {
-            for info in loops::bound_to(&cfg.proc_root, *backing)? {
-                if info.id != id {
-                    users.same_disk.insert(info.id.dev(), info.id.seq);
+        let mut users = HostUsers::default();
+        match target {
+            Target::Block { .. } => {
+                users.vbds_may_hold = true;
+                for dev in sharing::device_family(&cfg.sysfs_root, id.dev()) {
+                    users.same_disk.insert(dev, id.seq);
+                }
+            }
+            Target::Loop { backing, .. } => {
+                // Our own device is brand new, without partitions (no
+                // partscan): nobody can have mounted it. Users of the file
+                // are users of the other loop devices bound to it.
+                users.same_disk.insert(id.dev(), id.seq);
+                for info in loops::bound_to(&cfg.proc_root, *backing)? {
+                    if info.id == id {
+                        continue;
+                    }
                     users.vbds_may_hold = true;
+                    for dev in sharing::device_family(&cfg.sysfs_root, info.id.dev()) {
+                        users.same_disk.insert(dev, info.id.seq);
+                    }
                     users.loops.push((
                         info.id.dev(),
                         Holder::HostLoop {
@@ -321,6 +330,9 @@ impl HostUsers {
                             writable: !info.read_only,
                         },
                     ));
+                }
+                if users.loops.is_empty() {
+                    return Ok(users);
                 }
             }
         }

@@ -69,6 +69,9 @@ const WATCH_TOKEN: &str = "block-diskseq-handoff";
 
 /// Waits until the backend proves it holds `dev`, the backend gives up, or
 /// `timeout` passes. Returns how long it waited.
+///
+/// The watches stay registered on `client` (the script drops the
+/// connection right after, and with it the watches: two round trips saved).
 pub fn wait(
     client: &mut Client,
     backend: &BackendPath,
@@ -80,44 +83,49 @@ pub fn wait(
     let deadline = start + timeout;
     let opened_path = backend.node(node::OPENED);
     let state_path = backend.node(node::STATE);
-    let xs = |e| HotplugError::Xenstore(e);
     if matches!(signal, Signal::None) {
         return Ok(Duration::ZERO);
     }
     if matches!(signal, Signal::Opened) {
-        client.watch(&opened_path, WATCH_TOKEN).map_err(xs)?;
+        client.watch(&opened_path, WATCH_TOKEN)?;
     }
-    client.watch(&state_path, WATCH_TOKEN).map_err(xs)?;
+    client.watch(&state_path, WATCH_TOKEN)?;
     super::fault::point("in-wait");
-    let result = loop {
+    // Which nodes to (re)read: both at first, then those a watch named.
+    let (mut check_opened, mut check_state) = (true, true);
+    loop {
         let done = match signal {
-            Signal::Opened => client.read_opt(&opened_path).map_err(xs)?.as_deref() == Some(b"1"),
+            Signal::Opened => {
+                check_opened && client.read_opt(&opened_path)?.as_deref() == Some(b"1")
+            }
             Signal::Sysfs(dir) => sysfs_shows(dir, dev),
             Signal::None => true,
         };
         if done {
-            break Ok(start.elapsed());
+            return Ok(start.elapsed());
         }
-        match client.read_opt(&state_path).map_err(xs)? {
-            None => {
-                break Err(HotplugError::BackendGone {
-                    backend: backend.dir(),
-                })
-            }
-            Some(raw) => {
-                if let Ok(state) = XenbusState::from_node(&raw) {
-                    if state >= XenbusState::Closing {
-                        break Err(HotplugError::BackendClosed {
-                            backend: backend.dir(),
-                            state,
-                        });
+        if check_state {
+            match client.read_opt(&state_path)? {
+                None => {
+                    return Err(HotplugError::BackendGone {
+                        backend: backend.dir(),
+                    })
+                }
+                Some(raw) => {
+                    if let Ok(state) = XenbusState::from_node(&raw) {
+                        if state >= XenbusState::Closing {
+                            return Err(HotplugError::BackendClosed {
+                                backend: backend.dir(),
+                                state,
+                            });
+                        }
                     }
                 }
             }
         }
         let now = Instant::now();
         if now >= deadline {
-            break Err(HotplugError::HandoffTimeout {
+            return Err(HotplugError::HandoffTimeout {
                 backend: backend.dir(),
                 waited: timeout,
                 what: describe(signal, dev),
@@ -127,18 +135,21 @@ pub fn wait(
         if matches!(signal, Signal::Sysfs(_)) {
             nap = nap.min(SYSFS_POLL);
         }
-        client.next_event(Some(nap)).map_err(xs)?;
-        // Drain whatever else queued up: one check covers all of it.
-        while client.pending_events() > 0 {
-            client.next_event(Some(Duration::ZERO)).map_err(xs)?;
+        (check_opened, check_state) = (false, false);
+        let mut event = client.next_event(Some(nap))?;
+        while let Some(fired) = event {
+            // Relative watches report relative paths: compare by suffix.
+            check_opened |=
+                fired.path.ends_with(&opened_path) || opened_path.ends_with(&fired.path);
+            check_state |= fired.path.ends_with(&state_path) || state_path.ends_with(&fired.path);
+            // Drain whatever else queued up: one check covers all of it.
+            event = if client.pending_events() > 0 {
+                client.next_event(Some(Duration::ZERO))?
+            } else {
+                None
+            };
         }
-    };
-    // Best effort: the connection closes when the script exits anyway.
-    if matches!(signal, Signal::Opened) {
-        let _ = client.unwatch(&opened_path, WATCH_TOKEN);
     }
-    let _ = client.unwatch(&state_path, WATCH_TOKEN);
-    result
 }
 
 /// What the wait was for, for the timeout message.
