@@ -16,18 +16,29 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hotplug_support::{assert_no_loops, wait_for, Bed, Image};
+use hotplug_support::{assert_no_loops, wait_for, Bed, Image, OpenedBackend};
 use vbd::backend::{Backend, BackendConfig};
 use vbd::schema::{node, BackendPath};
 
 const STOCK: &str = "Xen stock block (backend present)";
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BackendKind {
+    /// This project's backend (blkback's protocol with the diskseq check
+    /// and the `opened` node), one thread for all devices, as blkback.
+    Project,
+    /// A minimal stand-in per device that only opens the published device
+    /// and sets `opened` = 1: isolates the script's own cost.
+    StandIn,
+    /// No backend: nothing can prove the handoff.
+    None,
+}
+
 struct Script {
     name: &'static str,
     path: PathBuf,
-    /// Run this project's backend (blkback's protocol with the diskseq
-    /// check and the `opened` node) over the same xenstored.
-    with_backend: bool,
+    /// Which backend takes the devices.
+    backend: BackendKind,
     env: &'static [(&'static str, &'static str)],
 }
 
@@ -48,15 +59,21 @@ fn main() {
         .unwrap_or(30);
     let mut scripts = vec![
         Script {
-            name: "block-diskseq (backend present: opened handshake)",
+            name: "block-diskseq (project backend: opened handshake)",
             path: ours.clone(),
-            with_backend: true,
+            backend: BackendKind::Project,
+            env: &[],
+        },
+        Script {
+            name: "block-diskseq (minimal stand-in backend: opened handshake)",
+            path: ours.clone(),
+            backend: BackendKind::StandIn,
             env: &[],
         },
         Script {
             name: "block-diskseq (no backend: persistent loop)",
             path: ours,
-            with_backend: false,
+            backend: BackendKind::None,
             env: &[("BLOCK_DISKSEQ_HANDOFF", "off")],
         },
     ];
@@ -64,7 +81,7 @@ fn main() {
         scripts.push(Script {
             name: STOCK,
             path: stock.into(),
-            with_backend: true,
+            backend: BackendKind::Project,
             env: &[],
         });
     }
@@ -74,7 +91,7 @@ fn main() {
     let mut results = Vec::new();
     let mut cpu = Vec::new();
     for script in &scripts {
-        let service = script.with_backend.then(|| {
+        let service = (script.backend == BackendKind::Project).then(|| {
             let mut config = BackendConfig::new(0);
             config.logger = std::sync::Arc::new(|_| {});
             Backend::new(bed.client(), config)
@@ -85,12 +102,12 @@ fn main() {
         let mut remove = Vec::new();
         let mut failures = 0u32;
         for _ in 0..runs {
-            let (image, backend) = prepare(&bed, &mut next_fe, script.with_backend);
+            let (image, backend, stand_in) = prepare(&bed, &mut next_fe, script.backend);
             match run(&bed, script, "add", &backend) {
                 Some(latency) => {
                     add.push(latency);
                     assert_published(&bed, &backend, script);
-                    detach(&bed, &backend, &image, script.with_backend);
+                    detach(&bed, &backend, &image, script.backend, stand_in);
                     remove.extend(run(&bed, script, "remove", &backend));
                 }
                 None => failures += 1,
@@ -105,13 +122,13 @@ fn main() {
             let mut walls = Vec::new();
             for _ in 0..reps {
                 let set: Vec<_> = (0..k)
-                    .map(|_| prepare(&bed, &mut next_fe, script.with_backend))
+                    .map(|_| prepare(&bed, &mut next_fe, script.backend))
                     .collect();
                 let cpu_before = children_cpu();
                 let start = Instant::now();
                 let children: Vec<Child> = set
                     .iter()
-                    .map(|(_, b)| spawn(&bed, script, "add", b))
+                    .map(|(_, b, _)| spawn(&bed, script, "add", b))
                     .collect();
                 let statuses: Vec<ExitStatus> = children
                     .into_iter()
@@ -120,15 +137,15 @@ fn main() {
                 walls.push(start.elapsed());
                 add_cpu += children_cpu().saturating_sub(cpu_before);
                 adds += k as u32;
-                for ((image, backend), status) in set.iter().zip(statuses) {
-                    if check(&bed, script, "add", backend, status) {
-                        assert_published(&bed, backend, script);
-                        detach(&bed, backend, image, script.with_backend);
-                        run(&bed, script, "remove", backend);
+                for ((image, backend, stand_in), status) in set.into_iter().zip(statuses) {
+                    if check(&bed, script, "add", &backend, status) {
+                        assert_published(&bed, &backend, script);
+                        detach(&bed, &backend, &image, script.backend, stand_in);
+                        run(&bed, script, "remove", &backend);
                     } else {
                         failures += 1;
                     }
-                    teardown(&bed, backend, image);
+                    teardown(&bed, &backend, &image);
                 }
             }
             concurrent.push((k, median(&mut walls)));
@@ -184,29 +201,45 @@ fn main() {
 }
 
 /// A fresh image and backend directory, as libxl has them when it runs the
-/// script: written in one transaction, then (with a backend) probed —
-/// libxl waits for InitWait — or else set to InitWait by hand, which the
-/// stock script requires.
-fn prepare(bed: &Bed, next_fe: &mut u32, with_backend: bool) -> (Image, BackendPath) {
+/// script: written in one transaction, then probed by the backend (libxl
+/// waits for InitWait), or, without one, set to InitWait by hand (the stock
+/// script requires it).
+fn prepare(
+    bed: &Bed,
+    next_fe: &mut u32,
+    kind: BackendKind,
+) -> (Image, BackendPath, Option<OpenedBackend>) {
     let fe = *next_fe;
     *next_fe += 1;
     let image = bed.image(&format!("bench-{fe}.img"), 64);
     let backend = bed.libxl_add(fe, 51712, image.path_bytes(), "w");
-    if with_backend {
-        wait_for(
-            || bed.read(&backend, node::STATE).as_deref() == Some("2"),
-            "backend InitWait",
-        );
-    } else {
-        bed.write(&backend, node::STATE, "2");
-    }
-    (image, backend)
+    let stand_in = match kind {
+        BackendKind::Project => {
+            wait_for(
+                || bed.read(&backend, node::STATE).as_deref() == Some("2"),
+                "backend InitWait",
+            );
+            None
+        }
+        BackendKind::StandIn => Some(OpenedBackend::start(bed, &backend, true)),
+        BackendKind::None => {
+            bed.write(&backend, node::STATE, "2");
+            None
+        }
+    };
+    (image, backend, stand_in)
 }
 
 /// Detach up to running `remove`, as libxl and a departing guest do it:
 /// `online` = 0, backend Closing, the frontend Closed; the backend then
 /// releases the disk (ours autoclears at that moment: wait for it).
-fn detach(bed: &Bed, backend: &BackendPath, image: &Image, with_backend: bool) {
+fn detach(
+    bed: &Bed,
+    backend: &BackendPath,
+    image: &Image,
+    kind: BackendKind,
+    stand_in: Option<OpenedBackend>,
+) {
     bed.write(backend, node::ONLINE, "0");
     bed.write(backend, node::STATE, "5");
     let frontend_state = format!(
@@ -215,8 +248,11 @@ fn detach(bed: &Bed, backend: &BackendPath, image: &Image, with_backend: bool) {
         backend.devid()
     );
     bed.client().write(&frontend_state, "6").unwrap();
+    if let Some(stand_in) = stand_in {
+        stand_in.release().expect("the stand-in held the device");
+    }
     let autoclear = image.loops().iter().any(|l| l.autoclear);
-    if with_backend && autoclear {
+    if kind != BackendKind::None && autoclear {
         wait_for(
             || image.loops().is_empty(),
             "the backend to release the disk",
@@ -227,6 +263,10 @@ fn detach(bed: &Bed, backend: &BackendPath, image: &Image, with_backend: bool) {
 fn spawn(bed: &Bed, script: &Script, cmd: &str, backend: &BackendPath) -> Child {
     Command::new(&script.path)
         .arg(cmd)
+        // `cargo bench` points LD_LIBRARY_PATH at the target directory; a
+        // hotplug script never runs with that (the loader would search
+        // every directory in it for libgcc_s and libc on each start).
+        .env_remove("LD_LIBRARY_PATH")
         .env("XENSTORED_PATH", &bed.socket)
         .env("XENBUS_PATH", backend.relative())
         .env("XENBUS_TYPE", "vbd")
