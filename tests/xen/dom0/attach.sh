@@ -11,7 +11,7 @@ source /xentest/lib.sh
 # writes through it when writable, detaches, and checks what is left behind.
 attach_roundtrip() {
     local script=$1 access=$2 kind=$3 vdev=$4
-    local devid img tag target own_loop= be vbd t0 rc token
+    local devid img tag target own_loop='' be vbd t0 rc token
     devid=$(vdev_devid "$vdev")
     be=$(backend_dir 0 "$devid")
     vbd=vbd-0-$devid

@@ -8,6 +8,7 @@
 #   XENTEST FIGURE <scenario> <name>=<value>
 #   XENTEST PASS|FAIL <scenario> <seconds> s [reason]
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables here are used by the files that source this one
 
 XT_STATE=/run/xentest
 mkdir -p "$XT_STATE"

@@ -9,6 +9,7 @@
 # evil image; block-diskseq holds its fd (which pins the binding) until
 # blkback's sysfs shows it opened that very device.
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables here are used by the files that source this one
 # shellcheck source=lib.sh
 source /xentest/lib.sh
 
@@ -45,7 +46,7 @@ adversary() {
 
 # race_run <script> <attempts>
 race_run() {
-    local script=$1 attempts=$2 vdev=xvdb be i seen right=0 wrong=0 failed=0 adv
+    local script=$1 attempts=$2 vdev=xvdb be i seen right=0 wrong=0 failed=0
     be=$(backend_dir 0 "$(vdev_devid $vdev)")
     RACE_BACKEND=$be
     : >"$RACE_TALLY.log"

@@ -1,5 +1,6 @@
 # Shared helpers for the host side of the real-Xen harness (sourced, not run).
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables here are used by the files that source this one
 
 XEN_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPO_DIR=$(cd "$XEN_DIR/../.." && pwd)
