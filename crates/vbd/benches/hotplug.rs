@@ -87,6 +87,19 @@ fn main() {
     }
 
     let bed = Bed::new();
+    // The floor: spawning a process that does nothing, the same way.
+    let mut floor: Vec<Duration> = (0..runs.max(30))
+        .map(|_| {
+            let start = Instant::now();
+            let status = Command::new("/bin/true")
+                .env_remove("LD_LIBRARY_PATH")
+                .status()
+                .unwrap();
+            assert!(status.success());
+            start.elapsed()
+        })
+        .collect();
+    let floor = median(&mut floor);
     let mut next_fe = 1u32;
     let mut results = Vec::new();
     let mut cpu = Vec::new();
@@ -194,6 +207,10 @@ fn main() {
             }
         }
     }
+    println!(
+        "\nspawning /bin/true (the floor for any script): median {}",
+        ms(floor)
+    );
     println!(
         "\n({runs} sequential runs per script; concurrent: median of 7 (32: 5) repetitions; \
          CPU per add: user + system of the script processes over all concurrent adds)"
