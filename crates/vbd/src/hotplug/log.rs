@@ -56,10 +56,10 @@ impl Log {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let text = format!(
-            "{}: {}.{:03} {}\n",
+            "{}: {}.{:06} {}\n",
             self.prefix,
             now.as_secs(),
-            now.subsec_millis(),
+            now.subsec_micros(),
             message.to_string().replace('\n', " ")
         );
         if let Some(lines) = &mut self.capture {
