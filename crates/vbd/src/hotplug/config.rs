@@ -31,7 +31,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest wait accepted from the environment.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// The script's two commands, as libxl passes them in argv[1].
+/// The script's two commands, as libxl passes them in `argv[1]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// Turn `params` into a device and publish it.
@@ -41,7 +41,7 @@ pub enum Command {
 }
 
 impl Command {
-    /// Parses argv[1].
+    /// Parses `argv[1]`.
     pub fn parse(arg: &OsStr) -> Result<Self, ConfigError> {
         match arg.to_str() {
             Some("add") => Ok(Command::Add),
@@ -102,7 +102,7 @@ pub enum LogTarget {
 /// Everything one run needs to know before it touches xenstore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// argv[1].
+    /// `argv[1]`.
     pub command: Command,
     /// `XENBUS_PATH`, parsed.
     pub backend: BackendPath,
@@ -140,7 +140,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads the invocation from argv (without argv[0]) and the process
+    /// Reads the invocation from argv (without `argv[0]`) and the process
     /// environment.
     pub fn from_env(args: impl IntoIterator<Item = OsString>) -> Result<Self, ConfigError> {
         Self::from_parts(args, |name| std::env::var_os(name), |p| p.is_dir())

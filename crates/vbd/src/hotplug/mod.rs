@@ -32,7 +32,7 @@ pub use remove::RemoveOutcome;
 
 use crate::schema::{node, BackendPath, PublishedDevice};
 
-/// Runs the script: argv without argv[0], the process environment; returns
+/// Runs the script: argv without `argv[0]`, the process environment; returns
 /// the exit status (0 success, 1 failure — libxl judges by it alone).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     let args: Vec<OsString> = args.into_iter().collect();
