@@ -615,3 +615,56 @@ fn dev_mapper_targets_must_carry_their_dm_name() {
     drop(held);
     assert_no_loops(&image);
 }
+
+/// The installed artefact itself: the `block-diskseq` binary of this build
+/// (next to the test executable's directory), run exactly as libxl runs it.
+/// Every other test runs the same `vbd::hotplug::main` through the test
+/// executable; this one proves the thin binary passes argv and exit status.
+#[test]
+fn the_block_diskseq_binary_runs_as_libxl_runs_it() {
+    if !privileged() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("block-diskseq"));
+    let Some(binary) = binary.filter(|b| b.is_file()) else {
+        if std::env::var_os("DISKSEQ_REQUIRE_ALL").is_some_and(|v| v == "1") {
+            panic!(
+                "block-diskseq binary not built next to {} (scripts/test builds all targets first)",
+                exe.display()
+            );
+        }
+        eprintln!("skipped: block-diskseq binary not built (cargo build -p diskseq-cli)");
+        return;
+    };
+    let bed = Bed::new();
+    let image = bed.image("binary.img", 4);
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    let run = |cmd: &str| {
+        let command = bed.script_command(cmd, &backend, &[]);
+        // Swap the test executable for the real binary, keeping libxl's
+        // environment: argv is just the command.
+        let mut real = std::process::Command::new(&binary);
+        real.arg(cmd).stdin(std::process::Stdio::null());
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => real.env(key, value),
+                None => real.env_remove(key),
+            };
+        }
+        real.output().unwrap()
+    };
+    let out = run("add");
+    assert!(out.status.success(), "{out:?}");
+    published(&bed, &backend);
+    assert_eq!(image.loops().len(), 1);
+    let out = run("remove");
+    assert!(out.status.success(), "{out:?}");
+    assert_no_loops(&image);
+    let out = run("online");
+    assert_eq!(out.status.code(), Some(1), "unknown command: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown command"));
+}
