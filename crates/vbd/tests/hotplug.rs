@@ -376,6 +376,77 @@ fn bad_environment_fails_and_reports() {
     assert_no_loops(&image);
 }
 
+/// A record already in place makes `add` a no-op — if it is a record: one
+/// whose `physical-device` or `diskseq` does not parse is an error.
+#[test]
+fn add_refuses_malformed_existing_records_and_keeps_good_ones() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("existing.img", 4);
+    // (nodes already written, expected error or None for "left alone")
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: [Case; 5] = [
+        (
+            &[(node::PHYSICAL_DEVICE, "7:zz")],
+            Some("physical-device: invalid value \"7:zz\""),
+        ),
+        (
+            &[(node::PHYSICAL_DEVICE, "")],
+            Some("physical-device: invalid value \"\""),
+        ),
+        (
+            &[(node::PHYSICAL_DEVICE, "7:1"), (node::DISKSEQ, "0")],
+            Some("diskseq: invalid value \"0\""),
+        ),
+        // The stock script's record (no diskseq) and ours: left alone.
+        (
+            &[
+                (node::PHYSICAL_DEVICE, "7:1"),
+                (node::PHYSICAL_DEVICE_PATH, "/dev/loop1"),
+            ],
+            None,
+        ),
+        (
+            &[(node::PHYSICAL_DEVICE, "fd:3"), (node::DISKSEQ, "2a")],
+            None,
+        ),
+    ];
+    for (i, (nodes, error)) in cases.into_iter().enumerate() {
+        let backend = bed.libxl_add(30 + i as u32, 768, image.path_bytes(), "w");
+        for (n, v) in nodes {
+            bed.write(&backend, n, v);
+        }
+        let run = bed.run("add", &backend, &[]);
+        match error {
+            Some(expected) => {
+                run.assert_failed();
+                let err = bed.read(&backend, node::HOTPLUG_ERROR).unwrap_or_default();
+                assert!(
+                    err.contains(expected),
+                    "case {i}: {err:?} lacks {expected:?}"
+                );
+            }
+            None => {
+                run.assert_ok();
+                assert!(run.log.contains("already present"), "case {i}: {}", run.log);
+                assert_eq!(
+                    bed.read(&backend, node::HOTPLUG_STATUS),
+                    None,
+                    "case {i}: untouched"
+                );
+            }
+        }
+        assert_eq!(
+            bed.read(&backend, node::PHYSICAL_DEVICE).as_deref(),
+            Some(nodes[0].1),
+            "case {i}"
+        );
+        assert!(image.loops().is_empty(), "case {i}: nothing attached");
+    }
+}
+
 /// Malformed records written by someone else: `remove` refuses to guess.
 #[test]
 fn remove_refuses_malformed_or_unprovable_records() {

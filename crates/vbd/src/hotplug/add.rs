@@ -87,7 +87,7 @@ pub struct Inputs {
     pub has_opened_node: bool,
 }
 
-const INPUT_NODES: [&str; 7] = [
+const INPUT_NODES: [&str; 8] = [
     node::PHYSICAL_DEVICE,
     node::PARAMS,
     node::MODE,
@@ -95,6 +95,7 @@ const INPUT_NODES: [&str; 7] = [
     node::STATE,
     node::DIRECT_IO_SAFE,
     node::OPENED,
+    node::DISKSEQ,
 ];
 
 /// Runs `add`.
@@ -207,13 +208,14 @@ pub fn read_inputs(
     let paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     let values = client.transaction(|tx| tx.read_many(&refs))?;
-    if values[0].is_some() {
-        return Ok(None);
-    }
     let schema = |source: SchemaError| HotplugError::Schema {
         backend: backend.dir(),
         source,
     };
+    if let Some(raw_dev) = &values[0] {
+        check_existing_record(raw_dev, values[7].as_deref()).map_err(schema)?;
+        return Ok(None);
+    }
     let required = |i: usize| {
         values[i].clone().ok_or_else(|| {
             schema(SchemaError::Missing {
@@ -256,6 +258,35 @@ pub fn read_inputs(
         direct_io: schema::flag(values[5].as_deref()),
         has_opened_node: values[6].is_some(),
     }))
+}
+
+/// A record already there (the script ran twice, or another script wrote
+/// it) is left alone — if it is one: a `physical-device` or `diskseq` that
+/// does not parse is an error, not a device.
+fn check_existing_record(raw_dev: &[u8], raw_seq: Option<&[u8]>) -> Result<(), SchemaError> {
+    let text = |node: &str, raw: &[u8]| {
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| SchemaError::Invalid {
+                node: node.to_owned(),
+                value: String::from_utf8_lossy(raw).into_owned(),
+                reason: "not text".into(),
+            })
+    };
+    let invalid = |node: &str, raw: &[u8], reason: String| SchemaError::Invalid {
+        node: node.to_owned(),
+        value: String::from_utf8_lossy(raw).into_owned(),
+        reason,
+    };
+    let dev = text(node::PHYSICAL_DEVICE, raw_dev)?;
+    DevNum::parse_xenstore(&dev)
+        .map_err(|e| invalid(node::PHYSICAL_DEVICE, raw_dev, e.to_string()))?;
+    if let Some(raw_seq) = raw_seq {
+        let seq = text(node::DISKSEQ, raw_seq)?;
+        DiskSeq::parse_xenstore(&seq)
+            .map_err(|e| invalid(node::DISKSEQ, raw_seq, e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// The backend must still be waiting for a device: not closing, not gone.
