@@ -482,3 +482,95 @@ fn connect_follows_xenstored_path() {
     std::env::remove_var("XENSTORED_PATH");
     assert!(err.to_string().contains("absent"), "{err}");
 }
+
+#[test]
+fn pipelined_read_then_commit_reports_a_conflict_and_the_atomic_read_retries() {
+    let bed = Bed::start();
+    let mut a = bed.dom0();
+    let mut b = bed.dom0();
+    a.write("/p/x", "1").unwrap();
+    a.write("/p/y", "2").unwrap();
+    assert_eq!(
+        a.read_many_atomically(&["/p/x", "/p/y", "/p/missing"])
+            .unwrap(),
+        vec![Some(b"1".to_vec()), Some(b"2".to_vec()), None]
+    );
+
+    // Another client changes a node the transaction has seen: the
+    // pipelined commit must say so instead of passing a torn view.
+    let mut tx = a.start_transaction().unwrap();
+    assert_eq!(tx.read("/p/x").unwrap(), b"1");
+    b.write("/p/x", "changed").unwrap();
+    let err = tx.read_many_and_commit(&["/p/y"]).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::EAGAIN), "{err}");
+    // The connection is still in step: the next request gets its own reply.
+    assert_eq!(a.read("/p/x").unwrap(), b"changed");
+
+    let err = a.read_many_atomically(&["/p/x", "bad//path"]).unwrap_err();
+    assert!(err.to_string().contains("bad//path"), "{err}");
+}
+
+#[test]
+fn pipelined_reads_see_the_state_before_the_writes_behind_them() {
+    let bed = Bed::start();
+    let mut a = bed.dom0();
+    let mut b = bed.dom0();
+    a.write("/q/flag", "before").unwrap();
+
+    let mut tx = a.start_transaction().unwrap();
+    let values = tx
+        .read_many_then_write(
+            &["/q/flag", "/q/new"],
+            &[("/q/flag", b"after"), ("/q/new", b"n")],
+        )
+        .unwrap();
+    assert_eq!(values, vec![Some(b"before".to_vec()), None]);
+    assert_eq!(b.read("/q/flag").unwrap(), b"before", "not committed yet");
+    tx.abort().unwrap();
+    assert_eq!(
+        b.read("/q/flag").unwrap(),
+        b"before",
+        "abort discards the writes"
+    );
+    assert_eq!(b.read_opt("/q/new").unwrap(), None);
+
+    let mut tx = a.start_transaction().unwrap();
+    tx.read_many_then_write(&["/q/flag"], &[("/q/flag", b"after")])
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(b.read("/q/flag").unwrap(), b"after");
+}
+
+#[test]
+fn watches_and_reads_in_one_batch() {
+    let bed = Bed::start();
+    let mut a = bed.dom0();
+    let mut b = bed.dom0();
+    a.write("/w/opened", "0").unwrap();
+    let values = a
+        .watch_and_read_many(
+            &[("/w/opened", "t1"), ("/w/state", "t2")],
+            &["/w/opened", "/w/state"],
+        )
+        .unwrap();
+    assert_eq!(values, vec![Some(b"0".to_vec()), None]);
+    // Both watches are registered: each fires once at once, then on change.
+    let mut initial = vec![
+        a.next_event(EVENT_WAIT).unwrap().unwrap(),
+        a.next_event(EVENT_WAIT).unwrap().unwrap(),
+    ];
+    initial.sort_by(|x, y| x.token.cmp(&y.token));
+    assert_eq!(
+        initial,
+        vec![event("/w/opened", "t1"), event("/w/state", "t2")]
+    );
+    b.write("/w/opened", "1").unwrap();
+    assert_eq!(
+        a.next_event(EVENT_WAIT).unwrap(),
+        Some(event("/w/opened", "t1"))
+    );
+    let err = a
+        .watch_and_read_many(&[("/w/x", "bad\0token")], &[])
+        .unwrap_err();
+    assert!(err.to_string().contains("/w/x"), "{err}");
+}

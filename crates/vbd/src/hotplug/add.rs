@@ -1,11 +1,12 @@
 //! `add`: read the inputs, open the target once, check sharing, publish the
 //! record in one transaction, then hold the device until the backend has it.
 //!
-//! Two transactions, each short: the first reads the inputs (3 round trips:
-//! start, one pipelined batch, commit); the second re-reads them together
-//! with every other vbd's record (the sharing scan), and writes the record
-//! (start, one directory listing per frontend domain plus one for the vbd
-//! root, one pipelined read batch, one pipelined write batch, commit). The
+//! Two transactions, each short: the first reads the inputs (2 round trips:
+//! start, one pipelined batch with the commit behind the reads); the second
+//! re-reads them together with every other vbd's record (the sharing scan),
+//! and writes the record (start, one directory listing per frontend domain
+//! plus one for the vbd root, one pipelined read batch, one pipelined write
+//! batch, commit; without a scan, reads and writes share one batch: 3). The
 //! device is opened and attached between the two, outside any transaction,
 //! so a transaction never spans a system call that can take long.
 //!
@@ -207,7 +208,7 @@ pub fn read_inputs(
 ) -> Result<Option<Inputs>, HotplugError> {
     let paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let values = client.transaction(|tx| tx.read_many(&refs))?;
+    let values = client.read_many_atomically(&refs)?;
     let schema = |source: SchemaError| HotplugError::Schema {
         backend: backend.dir(),
         source,
@@ -396,7 +397,8 @@ const RECHECK_NODES: [&str; 4] = [node::PHYSICAL_DEVICE, node::PARAMS, node::MOD
 ///
 /// Its reads, in one pipelined batch: our own inputs again and every other
 /// vbd's `physical-device`; then, only for records that name our disk, their
-/// `diskseq` and `mode` in a second batch (usually none).
+/// `diskseq` and `mode` in a second batch (usually none). When no other vbd
+/// can hold the disk, the record's writes ride in the first batch.
 fn publish(
     client: &mut Client,
     backend: &BackendPath,
@@ -416,13 +418,22 @@ fn publish(
         .into_iter()
         .map(|(n, v)| (backend.node(n), v))
         .collect();
+    let items: Vec<(&str, &[u8])> = writes
+        .iter()
+        .map(|(p, v)| (p.as_str(), v.as_slice()))
+        .collect();
     let check_sharing = !inputs.mode.sharing_waived();
+    // Without other vbds to read, the record's writes go out in the same
+    // batch as the re-reads (one round trip instead of two): the reads are
+    // answered before the writes are applied, and a check that fails
+    // aborts the transaction, which discards them.
+    let scan = check_sharing && host.vbds_may_hold;
     let mut skipped = Vec::new();
     let mut attempts = 0u32;
-    let result = client.transaction(|tx| -> Result<bool, HotplugError> {
+    let result = client.transaction(|tx| -> Result<(), Halt> {
         attempts += 1;
         skipped.clear();
-        let others = if check_sharing && host.vbds_may_hold {
+        let others = if scan {
             other_vbds(tx, backend)?
         } else {
             Vec::new()
@@ -430,19 +441,24 @@ fn publish(
         let mut paths: Vec<String> = RECHECK_NODES.iter().map(|n| backend.node(n)).collect();
         paths.extend(others.iter().map(|o| o.node(node::PHYSICAL_DEVICE)));
         let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let values = tx.read_many(&refs)?;
+        let values = if scan {
+            tx.read_many(&refs)?
+        } else {
+            fault::point("before-publish");
+            tx.read_many_then_write(&refs, &items)?
+        };
         if values[0].is_some() {
-            return Ok(false);
+            return Err(Halt::PublishedByAnother);
         }
         let changed = |node| HotplugError::InputsChanged {
             backend: backend.dir(),
             node,
         };
         if values[1].as_deref() != Some(&inputs.raw_params[..]) {
-            return Err(changed(node::PARAMS));
+            return Err(changed(node::PARAMS).into());
         }
         if values[2].as_deref() != Some(&inputs.raw_mode[..]) {
-            return Err(changed(node::MODE));
+            return Err(changed(node::MODE).into());
         }
         check_waiting(backend, values[3].as_deref())?;
 
@@ -477,13 +493,11 @@ fn publish(
             );
             sharing::check(&inputs.params, inputs.mode, &holders)?;
         }
-        fault::point("before-publish");
-        let items: Vec<(&str, &[u8])> = writes
-            .iter()
-            .map(|(p, v)| (p.as_str(), v.as_slice()))
-            .collect();
-        tx.write_many(&items)?;
-        Ok(true)
+        if scan {
+            fault::point("before-publish");
+            tx.write_many(&items)?;
+        }
+        Ok(())
     });
     for line in &skipped {
         log.line(format_args!(
@@ -495,7 +509,27 @@ fn publish(
             "add: publishing took {attempts} transactions (concurrent changes)"
         ));
     }
-    result
+    match result {
+        Ok(()) => Ok(true),
+        Err(Halt::PublishedByAnother) => Ok(false),
+        Err(Halt::Failed(e)) => Err(e),
+    }
+}
+
+/// Why the publishing transaction stops without committing (an `Err` makes
+/// [`Client::transaction`] abort, which also discards writes already sent).
+#[derive(Debug)]
+enum Halt {
+    /// Another run published `physical-device` first.
+    PublishedByAnother,
+    /// The check or the daemon failed.
+    Failed(HotplugError),
+}
+
+impl<E: Into<HotplugError>> From<E> for Halt {
+    fn from(e: E) -> Self {
+        Halt::Failed(e.into())
+    }
 }
 
 /// Every vbd backend directory in this backend domain except ours.

@@ -86,17 +86,34 @@ pub fn wait(
     if matches!(signal, Signal::None) {
         return Ok(Duration::ZERO);
     }
-    if matches!(signal, Signal::Opened) {
-        client.watch(&opened_path, WATCH_TOKEN)?;
-    }
-    client.watch(&state_path, WATCH_TOKEN)?;
+    // The watches and the first reads of the nodes they cover go out in one
+    // batch (one round trip): each read follows its watch's registration,
+    // so a change is either in the value read or fires the watch after it.
+    let watches: &[(&str, &str)] = match signal {
+        Signal::Opened => &[(&opened_path, WATCH_TOKEN), (&state_path, WATCH_TOKEN)],
+        _ => &[(&state_path, WATCH_TOKEN)],
+    };
+    let reads: &[&str] = match signal {
+        Signal::Opened => &[&opened_path, &state_path],
+        _ => &[&state_path],
+    };
+    let mut first = client.watch_and_read_many(watches, reads)?;
+    // The batch's values, each used once in place of a read of its own.
+    let mut first_state: Option<Option<Vec<u8>>> = first.pop();
+    let mut first_opened: Option<Option<Vec<u8>>> = first.pop();
     super::fault::point("in-wait");
     // Which nodes to (re)read: both at first, then those a watch named.
     let (mut check_opened, mut check_state) = (true, true);
     loop {
         let done = match signal {
             Signal::Opened => {
-                check_opened && client.read_opt(&opened_path)?.as_deref() == Some(b"1")
+                check_opened
+                    && match first_opened.take() {
+                        Some(value) => value,
+                        None => client.read_opt(&opened_path)?,
+                    }
+                    .as_deref()
+                        == Some(b"1")
             }
             Signal::Sysfs(dir) => sysfs_shows(dir, dev),
             Signal::None => true,
@@ -105,7 +122,11 @@ pub fn wait(
             return Ok(start.elapsed());
         }
         if check_state {
-            match client.read_opt(&state_path)? {
+            let state = match first_state.take() {
+                Some(value) => value,
+                None => client.read_opt(&state_path)?,
+            };
+            match state {
                 None => {
                     return Err(HotplugError::BackendGone {
                         backend: backend.dir(),

@@ -57,7 +57,7 @@ pub fn remove(
     let backend = &cfg.backend;
     let paths: Vec<String> = RECORD_NODES.iter().map(|n| backend.node(n)).collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let values = client.transaction(|tx| tx.read_many(&refs))?;
+    let values = client.read_many_atomically(&refs)?;
     let record =
         PublishedDevice::from_values(&values[..4]).map_err(|source| HotplugError::Schema {
             backend: backend.dir(),

@@ -266,6 +266,41 @@ impl Client {
         .map(drop)
     }
 
+    /// Registers `watches` (path, token) and then reads `paths`, all in one
+    /// round trip. A read that follows the registration cannot miss a
+    /// change: either it sees the new value or the watch fires after it.
+    /// Missing nodes are `None`; the first failure, in order, is returned.
+    pub fn watch_and_read_many(
+        &mut self,
+        watches: &[(&str, &str)],
+        paths: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        for (path, token) in watches {
+            check_token(MsgType::Watch, path, token)?;
+        }
+        for path in paths {
+            store::ops::checked(MsgType::Read, path)?;
+        }
+        let requests: Vec<_> = watches
+            .iter()
+            .map(|(path, token)| (MsgType::Watch, wire::watch_payload(path, token), *path))
+            .chain(
+                paths
+                    .iter()
+                    .map(|path| (MsgType::Read, wire::path_payload(path), *path)),
+            )
+            .collect();
+        let mut outcomes = self.request_many(0, &requests)?;
+        let reads = outcomes.split_off(watches.len());
+        outcomes
+            .into_iter()
+            .try_for_each(|outcome| outcome.map(drop))?;
+        reads
+            .into_iter()
+            .map(store::ops::not_found_as_none)
+            .collect()
+    }
+
     /// Removes a watch and drops its events still queued here, as
     /// libxenstore does, so none arrives after `unwatch` returns.
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<()> {
@@ -363,6 +398,27 @@ impl Client {
                     attempt += 1;
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads several nodes as one consistent view in two round trips
+    /// (START, then the reads with the commit pipelined behind them),
+    /// retried like [`transaction`](Self::transaction) when the commit
+    /// reports that another client changed one of them meanwhile. Missing
+    /// nodes are `None`.
+    pub fn read_many_atomically(&mut self, paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut attempt = 1;
+        loop {
+            let tx = self.start_transaction()?;
+            match tx.read_many_and_commit(paths) {
+                Err(e)
+                    if e.errno() == Some(Errno::EAGAIN) && attempt < Transaction::MAX_ATTEMPTS =>
+                {
+                    retry_pause(attempt);
+                    attempt += 1;
+                }
+                result => return result,
             }
         }
     }

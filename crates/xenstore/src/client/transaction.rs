@@ -106,6 +106,71 @@ impl<'c> Transaction<'c> {
             .try_for_each(|outcome| outcome.map(drop))
     }
 
+    /// Reads `reads`, then writes `writes`, all in one round trip: the
+    /// daemon answers a connection's requests in order, so every read sees
+    /// the transaction as it was before these writes. For a transaction
+    /// whose writes depend on its reads only through "go or no go": the
+    /// caller checks the values and commits, or aborts (drop) to discard
+    /// the writes. The first failure, in order, is returned after all
+    /// replies are in; missing nodes read as `None`.
+    pub fn read_many_then_write(
+        &mut self,
+        reads: &[&str],
+        writes: &[(&str, &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        for path in reads {
+            ops::checked(MsgType::Read, path)?;
+        }
+        for (path, _) in writes {
+            ops::checked(MsgType::Write, path)?;
+        }
+        let requests: Vec<_> = reads
+            .iter()
+            .map(|path| (MsgType::Read, wire::path_payload(path), *path))
+            .chain(
+                writes
+                    .iter()
+                    .map(|(path, value)| (MsgType::Write, wire::write_payload(path, value), *path)),
+            )
+            .collect();
+        let mut outcomes = self.client.request_many(self.id, &requests)?;
+        let write_outcomes = outcomes.split_off(reads.len());
+        let values = outcomes
+            .into_iter()
+            .map(ops::not_found_as_none)
+            .collect::<Result<Vec<_>>>()?;
+        write_outcomes
+            .into_iter()
+            .try_for_each(|outcome| outcome.map(drop))?;
+        Ok(values)
+    }
+
+    /// Reads several nodes and commits, in one round trip (the commit is
+    /// pipelined behind the reads): a read-only transaction's whole point
+    /// is a consistent view, and the commit is what says whether it was.
+    /// EAGAIN (another client changed one of the nodes meanwhile) means
+    /// the values must be read again; [`Client::read_many_atomically`]
+    /// does that.
+    pub fn read_many_and_commit(mut self, paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        for path in paths {
+            ops::checked(MsgType::Read, path)?;
+        }
+        let mut requests: Vec<_> = paths
+            .iter()
+            .map(|path| (MsgType::Read, wire::path_payload(path), *path))
+            .collect();
+        requests.push((
+            MsgType::TransactionEnd,
+            wire::transaction_end_payload(true),
+            "",
+        ));
+        self.finished = true;
+        let mut outcomes = self.client.request_many(self.id, &requests)?;
+        let end = outcomes.pop().expect("one outcome per request");
+        check_end_reply(&end?)?;
+        outcomes.into_iter().map(ops::not_found_as_none).collect()
+    }
+
     /// Commits. EAGAIN means another client changed a node this transaction
     /// read or wrote; nothing was applied and the work must be redone.
     pub fn commit(mut self) -> Result<()> {
@@ -125,18 +190,23 @@ impl<'c> Transaction<'c> {
             wire::transaction_end_payload(commit),
             None,
         )?;
-        if reply.strip_suffix(b"\0").unwrap_or(&reply) != b"OK" {
-            return Err(Error::for_request(
-                MsgType::TransactionEnd,
-                None,
-                ErrorKind::Protocol(format!(
-                    "unexpected answer {:?}",
-                    String::from_utf8_lossy(&reply)
-                )),
-            ));
-        }
-        Ok(())
+        check_end_reply(&reply)
     }
+}
+
+/// A TRANSACTION_END reply must be "OK".
+fn check_end_reply(reply: &[u8]) -> Result<()> {
+    if reply.strip_suffix(b"\0").unwrap_or(reply) != b"OK" {
+        return Err(Error::for_request(
+            MsgType::TransactionEnd,
+            None,
+            ErrorKind::Protocol(format!(
+                "unexpected answer {:?}",
+                String::from_utf8_lossy(reply)
+            )),
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for Transaction<'_> {
