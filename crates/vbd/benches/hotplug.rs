@@ -72,7 +72,7 @@ fn main() {
         },
         Script {
             name: "block-diskseq (no backend: persistent loop)",
-            path: ours,
+            path: ours.clone(),
             backend: BackendKind::None,
             env: &[("BLOCK_DISKSEQ_HANDOFF", "off")],
         },
@@ -100,6 +100,7 @@ fn main() {
         })
         .collect();
     let floor = median(&mut floor);
+    let floors = concurrency_floors(&bed, &ours);
     let mut next_fe = 1u32;
     let mut results = Vec::new();
     let mut cpu = Vec::new();
@@ -211,10 +212,114 @@ fn main() {
         "\nspawning /bin/true (the floor for any script): median {}",
         ms(floor)
     );
+    println!("\nconcurrency floors (median of 7 for 1, of 5 for 32; wall time from first start to last end):");
+    println!("| what | 1 | 32 concurrent | 32 / 1 |");
+    println!("|---|---:|---:|---:|");
+    for (what, one, many) in &floors {
+        println!(
+            "| {what} | {} | {} | {:.1}× |",
+            ms(*one),
+            ms(*many),
+            many.as_secs_f64() / one.as_secs_f64()
+        );
+    }
     println!(
         "\n({runs} sequential runs per script; concurrent: median of 7 (32: 5) repetitions; \
          CPU per add: user + system of the script processes over all concurrent adds)"
     );
+}
+
+/// What 32 concurrent adds cannot beat on this machine, each measured the
+/// way the adds are (1 and 32 at once, wall time from the first start to
+/// the last end): spawning a process that does nothing (`/bin/true`), the
+/// script's own start-up (`block-diskseq` without a command: exec, runtime
+/// init, usage error), and the kernel's part of an add alone (32 threads
+/// each attaching a loop device to its own image with `LOOP_CONFIGURE`,
+/// autoclear, then closing it, which detaches it).
+fn concurrency_floors(
+    bed: &Bed,
+    ours: &std::path::Path,
+) -> Vec<(&'static str, Duration, Duration)> {
+    let spawn_all = |program: &std::path::Path, k: usize| {
+        let start = Instant::now();
+        let children: Vec<Child> = (0..k)
+            .map(|_| {
+                Command::new(program)
+                    .env_remove("LD_LIBRARY_PATH")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut child in children {
+            child.wait().unwrap();
+        }
+        start.elapsed()
+    };
+    let images: Vec<Image> = (0..32)
+        .map(|i| bed.image(&format!("floor-{i}.img"), 64))
+        .collect();
+    let attach_all = |k: usize| {
+        let files: Vec<std::fs::File> = images[..k]
+            .iter()
+            .map(|image| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&image.path)
+                    .unwrap()
+            })
+            .collect();
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for file in &files {
+                scope.spawn(move || {
+                    let options = diskseq::LoopOptions {
+                        autoclear: true,
+                        ..diskseq::LoopOptions::default()
+                    };
+                    // Retried like the script does when concurrent
+                    // attaches claim every free minor first.
+                    loop {
+                        match diskseq::LoopDevice::attach(std::os::fd::AsFd::as_fd(file), &options)
+                        {
+                            Ok(device) => break drop(device),
+                            Err(diskseq::Error::NoFreeLoop { .. }) => {
+                                std::thread::sleep(Duration::from_micros(100))
+                            }
+                            Err(e) => panic!("attach: {e}"),
+                        }
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    };
+    let measure = |f: &dyn Fn(usize) -> Duration| {
+        let mut one: Vec<Duration> = (0..7).map(|_| f(1)).collect();
+        let mut many: Vec<Duration> = (0..5).map(|_| f(32)).collect();
+        (median(&mut one), median(&mut many))
+    };
+    let true_bin = std::path::Path::new("/bin/true");
+    let (t1, t32) = measure(&|k| spawn_all(true_bin, k));
+    let (s1, s32) = measure(&|k| spawn_all(ours, k));
+    let (a1, a32) = measure(&attach_all);
+    for image in &images {
+        // Autoclear detaches once the last opener is gone; wait for it.
+        assert_no_loops(image);
+        let _ = std::fs::remove_file(&image.path);
+    }
+    vec![
+        ("spawn /bin/true", t1, t32),
+        ("spawn block-diskseq (start-up only: no command)", s1, s32),
+        (
+            "loop attach + autoclear detach (threads, no process)",
+            a1,
+            a32,
+        ),
+    ]
 }
 
 /// A fresh image and backend directory, as libxl has them when it runs the

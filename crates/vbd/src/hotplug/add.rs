@@ -346,7 +346,7 @@ impl HostUsers {
                 // partscan): nobody can have mounted it. Users of the file
                 // are users of the other loop devices bound to it.
                 users.same_disk.insert(id.dev(), id.seq);
-                for info in loops::bound_to(&cfg.proc_root, *backing)? {
+                for info in loops::bound_to(&cfg.proc_root, *backing, id.dev())? {
                     if info.id == id {
                         continue;
                     }

@@ -18,12 +18,17 @@ use super::error::HotplugError;
 /// The block major of loop devices.
 const LOOP_MAJOR: u32 = 7;
 
-/// Bound loop devices whose backing file is `backing`.
+/// Bound loop devices whose backing file is `backing`, except the device
+/// numbered `except` (the caller's own, already known: not even opened).
 ///
 /// Each candidate costs an open and one `LOOP_GET_STATUS64`; only devices
 /// bound to our inode are then described in full. (A burst of concurrent
 /// adds has every script look at every other script's device.)
-pub fn bound_to(proc_root: &Path, backing: FileId) -> Result<Vec<LoopInfo>, HotplugError> {
+pub fn bound_to(
+    proc_root: &Path,
+    backing: FileId,
+    except: DevNum,
+) -> Result<Vec<LoopInfo>, HotplugError> {
     let path = proc_root.join("partitions");
     let text = std::fs::read_to_string(&path).map_err(|source| HotplugError::Io {
         path: path.clone(),
@@ -31,7 +36,7 @@ pub fn bound_to(proc_root: &Path, backing: FileId) -> Result<Vec<LoopInfo>, Hotp
         source,
     })?;
     let mut found = Vec::new();
-    for (dev, name) in loop_disks(&text) {
+    for (dev, name) in loop_disks(&text).filter(|(dev, _)| *dev != except) {
         let node = Path::new("/dev").join(&name);
         // Detached or removed since the listing: not a user.
         let Ok(fd) = rustix::fs::open(&node, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
