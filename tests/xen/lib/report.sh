@@ -53,7 +53,9 @@ while read -r name _budget; do
     else
         failed=$((failed + 1))
         echo "xentest: FAIL $name: $why"
-        echo "$own" | grep -E '^XENTEST (CHECK-FAIL|EVIDENCE)' | sed 's/^/    /' | head -80
+        # The failed checks first, then the evidence (the report has it all).
+        echo "$own" | grep '^XENTEST CHECK-FAIL' | sed 's/^/    /'
+        echo "$own" | grep '^XENTEST EVIDENCE' | sed 's/^/    /' | head -60
     fi
     echo "$own" | grep '^XENTEST FIGURE ' | sed 's/^XENTEST FIGURE /    figure: /'
 done <"$plan"

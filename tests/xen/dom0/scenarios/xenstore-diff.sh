@@ -72,6 +72,28 @@ xenstore-exists /xentest-diff
 EOF
 )
 
+# A seeded random sequence over a small tree, so that operations collide:
+# writes (creating parents), reads, lists, removals, existence checks.
+random_ops() {
+    local i op path
+    local paths=(/xentest-diff/r /xentest-diff/r/a /xentest-diff/r/a/b /xentest-diff/r/c /xentest-diff/r/a/d /xentest-diff/r/e/f)
+    RANDOM=${1:-4242}
+    for ((i = 0; i < ${2:-60}; i++)); do
+        path=${paths[RANDOM % ${#paths[@]}]}
+        op=$((RANDOM % 6))
+        case $op in
+        0 | 1) echo "xenstore-write $path v$RANDOM" ;;
+        2) echo "xenstore-read $path" ;;
+        3) echo "xenstore-list $path" ;;
+        4) echo "xenstore-rm $path" ;;
+        5) echo "xenstore-exists $path" ;;
+        esac
+    done
+    echo "xenstore-ls -f /xentest-diff/r"
+    echo "xenstore-rm /xentest-diff/r"
+}
+OPS=$(printf '%s\n%s' "$(random_ops 4242 60)" "$OPS")
+
 # run_ops <socket> <transcript>: one "<op> => exit <n>: <output>" record per
 # operation; watcher output is appended when the watcher ends.
 run_ops() {
