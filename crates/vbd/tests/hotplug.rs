@@ -739,3 +739,47 @@ fn the_block_diskseq_binary_runs_as_libxl_runs_it() {
     assert_eq!(out.status.code(), Some(1), "unknown command: {out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown command"));
 }
+
+/// The handoff wait skips each watch's registration event (the batched
+/// first read covers it): a backend that sets `opened` = 1 only after the
+/// script has read "0" must still end the wait through its watch event,
+/// promptly and not at the timeout.
+#[test]
+fn opened_set_after_the_first_read_ends_the_wait_through_the_watch() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("late-opened.img", 4);
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    bed.write(&backend, node::OPENED, "0");
+    bed.write(&backend, node::STATE, "2");
+    let mut client = bed.client();
+    let pd = backend.node(node::PHYSICAL_DEVICE);
+    let opened = backend.node(node::OPENED);
+    client.watch(&pd, "pd").unwrap();
+    let late_backend = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while client.read_opt(&pd).unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "no physical-device");
+            client
+                .next_event(Some(std::time::Duration::from_millis(50)))
+                .unwrap();
+        }
+        // Well after the script's first read of `opened`.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        client.write(&opened, "1").unwrap();
+    });
+    let start = std::time::Instant::now();
+    let run = bed.run("add", &backend, &[("BLOCK_DISKSEQ_TIMEOUT", "20")]);
+    let took = start.elapsed();
+    late_backend.join().unwrap();
+    run.assert_ok();
+    assert!(run.log.contains("backend holds the device"), "{}", run.log);
+    assert!(
+        took >= std::time::Duration::from_millis(300) && took < std::time::Duration::from_secs(10),
+        "the wait must end on the watch event, not before it or at the timeout: {took:?}"
+    );
+    // Nobody holds the device: it autocleared when the script exited.
+    assert_no_loops(&image);
+}

@@ -104,6 +104,10 @@ pub fn wait(
     super::fault::point("in-wait");
     // Which nodes to (re)read: both at first, then those a watch named.
     let (mut check_opened, mut check_state) = (true, true);
+    // Each watch fires once when registered, before the batch's reads are
+    // answered: those reads cover that event, so the first event of each
+    // watch needs no re-read (a later change fires the watch again).
+    let (mut opened_registered, mut state_registered) = (matches!(signal, Signal::Opened), true);
     loop {
         let done = match signal {
             Signal::Opened => {
@@ -160,9 +164,12 @@ pub fn wait(
         let mut event = client.next_event(Some(nap))?;
         while let Some(fired) = event {
             // Relative watches report relative paths: compare by suffix.
-            check_opened |=
-                fired.path.ends_with(&opened_path) || opened_path.ends_with(&fired.path);
-            check_state |= fired.path.ends_with(&state_path) || state_path.ends_with(&fired.path);
+            let names = |path: &str| fired.path.ends_with(path) || path.ends_with(&fired.path);
+            if names(&opened_path) {
+                check_opened |= !std::mem::take(&mut opened_registered);
+            } else if names(&state_path) {
+                check_state |= !std::mem::take(&mut state_registered);
+            }
             // Drain whatever else queued up: one check covers all of it.
             event = if client.pending_events() > 0 {
                 client.next_event(Some(Duration::ZERO))?
