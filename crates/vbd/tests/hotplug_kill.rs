@@ -103,7 +103,7 @@ fn remove_killed_after_detach_is_finished_by_a_second_run() {
     );
     let run = bed.run("remove", &backend, &[]);
     run.assert_ok();
-    assert!(run.log.contains("already detached"), "{}", run.log);
+    assert_device_gone(&run.log);
     assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
     assert_eq!(bed.read(&backend, node::DISKSEQ), None);
 }

@@ -12,7 +12,9 @@
 //! transaction, so no reader sees a half-withdrawn record. Detaching before
 //! withdrawing makes a killed `remove` harmless: run again, it finds the
 //! device gone and withdraws the record (the other order would leak a
-//! persistent loop device whose record is already deleted).
+//! persistent loop device whose record is already deleted). A persistent
+//! device is first marked `diskseq-autoclear` = 1, so the second run also
+//! accepts the freed number naming another disk by then.
 
 use std::path::Path;
 
@@ -77,6 +79,9 @@ pub fn remove(
         }
         Some(loop_node) => {
             let autoclear = values[5].as_deref() == Some(b"1");
+            if !autoclear {
+                mark_detaching(client, backend)?;
+            }
             detach(
                 backend,
                 &record,
@@ -90,6 +95,25 @@ pub fn remove(
     fault::point("after-detach");
     withdraw(client, backend, &values, log)?;
     Ok(outcome)
+}
+
+/// Before detaching a persistent device, records that it may be gone by our
+/// own hand: the `diskseq-autoclear` marker that `add` writes for a device
+/// handed over with autoclear.
+///
+/// A `remove` killed between its detach and its withdrawal is finished by a
+/// second run; by then the freed number may already name someone else's
+/// disk (`LOOP_CTL_GET_FREE` hands out the lowest free minor). Without the
+/// marker that second run could not tell its own detach from a swap behind
+/// its back and would fail; with it, the number naming another disk means
+/// "gone", exactly as after autoclear. This run still judges by what it
+/// read before writing the marker, so a swap it finds itself is refused.
+fn mark_detaching(
+    client: &mut Client,
+    backend: &crate::schema::BackendPath,
+) -> Result<(), HotplugError> {
+    client.write(&backend.node(node::AUTOCLEAR), "1")?;
+    Ok(())
 }
 
 /// Detaches the loop device of `record` if it is provably that device.

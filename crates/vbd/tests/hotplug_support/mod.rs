@@ -334,6 +334,17 @@ impl Drop for Image {
     }
 }
 
+/// Checks that `remove` found its device gone — unbound, or (the freed
+/// minor being the lowest free one, which parallel tests take at once)
+/// already naming another disk — and took that as success.
+#[track_caller]
+pub fn assert_device_gone(log: &str) {
+    assert!(
+        log.contains("already detached") || log.contains("now names another disk"),
+        "remove did not report the device gone:\n{log}"
+    );
+}
+
 /// Waits (bounded) until no loop device is bound to `image`: an autoclear
 /// device detaches when its last fd closes, which may lag a process exit.
 #[track_caller]
