@@ -11,8 +11,10 @@ use xenstore::{Client, Errno};
 
 #[derive(Args)]
 pub struct XsArgs {
-    /// Daemon socket; default: $XENSTORED_PATH, $XENSTORED_RUNDIR/socket,
-    /// /var/run/xenstored/socket, then /dev/xen/xenbus (as libxenstore).
+    /// Daemon socket or xenbus device (a socket is connected to, anything
+    /// else is opened as a device, as libxenstore does); default:
+    /// $XENSTORED_PATH, $XENSTORED_RUNDIR/socket, /var/run/xenstored/socket,
+    /// then /dev/xen/xenbus.
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -63,7 +65,7 @@ enum XsCommand {
 
 pub fn run(args: XsArgs) -> CmdResult {
     let mut client = match &args.socket {
-        Some(socket) => Client::connect_socket(socket),
+        Some(path) => Client::connect_path(path),
         None => Client::connect(),
     }
     .map_err(fail)?;

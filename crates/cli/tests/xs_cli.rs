@@ -138,6 +138,19 @@ fn rm_and_errors() {
         "--socket overrides the environment"
     );
 
+    // A path that is not a socket is opened as a device, as libxenstore
+    // treats /dev/xen/xenbus: /dev/null opens, and the failure is the
+    // device's end of file on the first request, not a refused connect().
+    let out = xs_command(&bed.socket(), &["--socket", "/dev/null", "read", "/kept"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("closed the connection") && !err.contains("connect /dev/null"),
+        "{err}"
+    );
+
     let out = bed.xs(&["write", "/odd"]);
     assert_eq!(out.status.code(), Some(2), "usage error");
 }

@@ -4,7 +4,7 @@
 //! timeout while waiting for a watch event can never leave half a frame
 //! consumed: the stream stays in sync whatever the deadline.
 
-use crate::wire::{FrameError, Message, HEADER_SIZE};
+use crate::wire::{FrameError, Message};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -68,15 +68,25 @@ impl Connection {
         &self.path
     }
 
-    /// Sends bytes holding one or more whole frames.
+    /// Whether several requests may be written before their replies are
+    /// read. Not on the xenbus device: Linux's takes one message per
+    /// `write()` (dropping what follows it in the buffer) and keeps the
+    /// request's payload in the file's one message buffer until its xenbus
+    /// thread has copied it to the ring, so the next `write()` can overwrite
+    /// a request still queued. On real Xen a pipelined transaction's WRITE
+    /// reached the daemon with the next WRITE's path (EINVAL) and a
+    /// four-node write committed nothing readable (docs/real-xen.md). One
+    /// request at a time there, as libxenstore does everywhere.
+    pub(crate) fn pipelines(&self) -> bool {
+        matches!(self.stream, Stream::Socket(_))
+    }
+
+    /// Sends bytes holding one or more whole frames (exactly one on the
+    /// device: see [`pipelines`](Self::pipelines)).
     pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.stream {
             Stream::Socket(s) => s.write_all(bytes),
-            // Linux's xenbus device takes one message per `write()` and
-            // drops whatever follows the first complete message in the same
-            // buffer: a pipelined batch is written one frame per call (the
-            // device still lets several requests be outstanding).
-            Stream::Device(f) => frames(bytes).try_for_each(|frame| f.write_all(frame)),
+            Stream::Device(f) => f.write_all(bytes),
         }
     }
 
@@ -147,47 +157,19 @@ impl Connection {
     }
 }
 
-/// The frames in `bytes` (whole encoded messages, back to back), each with
-/// its header, by the length field of each header. Bytes that do not end a
-/// whole frame come last, as they are.
-fn frames(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = bytes;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let len = rest
-            .get(HEADER_SIZE - 4..HEADER_SIZE)
-            .map(|raw| u32::from_ne_bytes(raw.try_into().expect("4 bytes")) as usize);
-        let end = len.map_or(rest.len(), |len| (HEADER_SIZE + len).min(rest.len()));
-        let (frame, tail) = rest.split_at(end);
-        rest = tail;
-        Some(frame)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::MsgType;
+    use std::os::unix::net::UnixListener;
 
     #[test]
-    fn a_batch_splits_into_its_frames() {
-        let messages = [
-            Message::new(MsgType::Read, 1, 7, b"/a\0".to_vec()),
-            Message::new(MsgType::Write, 2, 7, b"/b\0value".to_vec()),
-            Message::new(MsgType::TransactionEnd, 3, 7, b"T\0".to_vec()),
-            Message::new(MsgType::Watch, 4, 0, Vec::new()),
-        ];
-        let encoded: Vec<Vec<u8>> = messages.iter().map(Message::encode).collect();
-        let batch = encoded.concat();
-        let split: Vec<&[u8]> = frames(&batch).collect();
-        assert_eq!(split, encoded.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        // A truncated tail is passed on as it is, never lost or panicked on.
-        let split: Vec<&[u8]> = frames(&batch[..batch.len() - 1]).collect();
-        assert_eq!(split.len(), 4);
-        assert_eq!(split[3], &encoded[3][..encoded[3].len() - 1]);
-        assert_eq!(frames(&batch[..5]).collect::<Vec<_>>(), vec![&batch[..5]]);
-        assert_eq!(frames(&[]).count(), 0);
+    fn only_a_socket_takes_pipelined_requests() {
+        // Any character device stands in for /dev/xen/xenbus here.
+        let device = Connection::device(Path::new("/dev/null")).unwrap();
+        assert!(!device.pipelines(), "{device:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let _listener = UnixListener::bind(&path).unwrap();
+        assert!(Connection::socket(&path).unwrap().pipelines());
     }
 }

@@ -500,7 +500,8 @@ impl Client {
 
     /// Pipelined requests: up to [`PIPELINE_DEPTH`] frames are written
     /// together before their replies are read, so a batch costs one round
-    /// trip per [`PIPELINE_DEPTH`] requests. Each request's outcome is
+    /// trip per [`PIPELINE_DEPTH`] requests (one per request over the xenbus
+    /// device, which cannot take more). Each request's outcome is
     /// returned in order; the outer error means the connection failed.
     pub(crate) fn request_many(
         &mut self,
@@ -508,7 +509,12 @@ impl Client {
         requests: &[(MsgType, Vec<u8>, &str)],
     ) -> Result<Vec<Result<Vec<u8>>>> {
         let mut outcomes = Vec::with_capacity(requests.len());
-        for batch in requests.chunks(PIPELINE_DEPTH) {
+        let depth = if self.conn.pipelines() {
+            PIPELINE_DEPTH
+        } else {
+            1
+        };
+        for batch in requests.chunks(depth) {
             let op = batch[0].0.name();
             self.check_usable(op)?;
             let mut bytes = Vec::new();
