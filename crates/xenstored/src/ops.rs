@@ -294,8 +294,18 @@ fn post_order<T: Tree>(t: &mut T, root: &str) -> Vec<String> {
     out
 }
 
+/// The first domid Xen reserves for itself (`DOMID_SELF`, `DOMID_IO`, ...,
+/// `DOMID_INVALID`): no guest can ever have it or anything above it.
+pub const DOMID_FIRST_RESERVED: u32 = 0x7FF0;
+
 /// SET_PERMS: replaces the permission list. The caller must own the node
 /// (or be dom0); a guest may not give it away (EPERM).
+///
+/// An owner that cannot be a domain (a reserved domid or above) is ENOENT,
+/// checked first, as the C daemon does for any owner the hypervisor does not
+/// know. A free ordinary domid is accepted: without a hypervisor we cannot
+/// tell whether it exists, and libxl writes a new domain's nodes, owned by
+/// it, before it introduces the domain (docs/design/xenstored.md).
 pub fn set_perms<T: Tree>(
     t: &mut T,
     caller: &Caller,
@@ -303,6 +313,9 @@ pub fn set_perms<T: Tree>(
     path: &str,
     perms: Perms,
 ) -> Result<(), Errno> {
+    if perms.owner() >= DOMID_FIRST_RESERVED {
+        return Err(Errno::ENOENT);
+    }
     check(t, caller, path, Need::Own)?;
     let (old, size) = t
         .node(path)
@@ -412,6 +425,29 @@ mod tests {
             f.read(&Caller::guest(6), "/local/domain/5/data/x").unwrap(),
             "1"
         );
+    }
+
+    #[test]
+    fn an_owner_no_domain_can_have_is_refused_first() {
+        let mut f = Fixture::new();
+        f.write(&DOM0, "/p", "").unwrap();
+        for owner in ["n32752", "b65535", "r70000"] {
+            assert_eq!(
+                f.set_perms(&DOM0, "/p", owner),
+                Err(Errno::ENOENT),
+                "{owner}"
+            );
+            // Before the node and access checks, as in the C daemon.
+            assert_eq!(f.set_perms(&DOM0, "/missing", owner), Err(Errno::ENOENT));
+            assert_eq!(
+                f.set_perms(&Caller::guest(3), "/p", owner),
+                Err(Errno::ENOENT)
+            );
+        }
+        assert_eq!(get_perms(&mut f.t(), &DOM0, "/p").unwrap(), b"n0\0");
+        // A domain not introduced (yet) may own a node: libxl's order.
+        f.set_perms(&DOM0, "/p", "b32751 r32752").unwrap();
+        f.set_perms(&DOM0, "/p", "n3").unwrap();
     }
 
     #[test]

@@ -24,6 +24,17 @@ for transport in /run/xenstored/socket /dev/xen/xenbus; do
     rc=$?
     xt_evidence "$t write of two nodes: exit $rc after $(($(ms_now) - start)) ms: $out"
     xt_expect_eq "$t write (one transaction, parents created)" "$rc" 0
+    out=$(xs write "$base/m1" 1 "$base/m2" 2 "$base/m3/x" 3 "$base/m4" 4 2>&1)
+    rc=$?
+    xt_evidence "$t write of four nodes: exit $rc: $out"
+    xt_expect_eq "$t write of four nodes in one transaction" "$rc" 0
+    xt_expect_eq "$t C client reads all four" \
+        "$(xenstore-read "$base/m1" "$base/m2" "$base/m3/x" "$base/m4" | tr '\n' ' ')" "1 2 3 4 "
+    # --socket names the transport as XENSTORED_PATH does: a socket or the
+    # device.
+    out=$(env -u XENSTORED_PATH timeout 10 diskseq xs --socket "$transport" read "$base/a" "$base/b/c" 2>&1)
+    xt_evidence "$t --socket $transport read of two nodes: exit $?: $(tr '\n' ' ' <<<"$out")"
+    xt_expect_eq "$t --socket $transport works like XENSTORED_PATH" "$(tr '\n' ' ' <<<"$out")" "1 2 "
     out=$(xs write "$base/single" 1 2>&1)
     xt_evidence "$t write of one node: exit $? $out"
     xt_expect_eq "$t C client reads what ours wrote" "$(xenstore-read "$base/a") $(xenstore-read "$base/b/c")" "1 2"
