@@ -14,21 +14,6 @@ use vbd::toolstack::{DeviceType, DiskSpec, Toolstack};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build -p diskseq-cli` (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
 /// Kills the child on drop, so a failing test leaves no backend running.
 struct BackendProcess(Child);
 

@@ -3,27 +3,10 @@
 
 mod backend_support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use backend_support::can_run;
+use backend_support::{can_run, workspace_binary};
 use vbd::demo::{DemoOptions, Narration};
-
-/// A binary of the workspace, built next to this test's target directory.
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build -p diskseq-cli` (scripts/test does)",
-        path.display()
-    );
-    path
-}
 
 #[test]
 fn the_demo_shows_the_refusal_and_the_wrong_disk_and_leaves_nothing() {

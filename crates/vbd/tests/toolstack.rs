@@ -22,18 +22,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// `block-diskseq`, built next to this test's target directory.
 fn block_script() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let script = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("block-diskseq");
-    assert!(
-        script.exists(),
-        "{} not built: run `cargo build -p diskseq-cli` (scripts/test does)",
-        script.display()
-    );
-    script
+    workspace_binary("block-diskseq")
 }
 
 fn spec(fe: u32, vdev: &str, target: &Path, mode: Mode, script: &Path) -> DiskSpec {

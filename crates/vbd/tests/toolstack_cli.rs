@@ -11,18 +11,7 @@ use backend_support::*;
 use vbd::schema::XenbusState;
 
 fn diskseq() -> Command {
-    let exe = std::env::current_exe().expect("test exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("diskseq");
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build -p diskseq-cli` (scripts/test does)",
-        path.display()
-    );
-    Command::new(path)
+    Command::new(workspace_binary("diskseq"))
 }
 
 fn run(command: &mut Command) -> (Output, serde_json::Value) {

@@ -18,6 +18,24 @@ use vbd::schema::{node, BackendPath, XenbusState};
 use xenstore::client::Client;
 use xenstored::{Config, Daemon, DaemonHandle};
 
+/// A binary of the workspace (`diskseq`, `block-diskseq`), built next to
+/// this test's target directory by `cargo build` (which `scripts/test` runs
+/// before the tests).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build -p diskseq-cli` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
 /// True when the test may run. Not root: skip with a reason, unless the
 /// suite demands everything (`DISKSEQ_REQUIRE_ALL=1`), then fail.
 pub fn can_run(test: &str) -> bool {
