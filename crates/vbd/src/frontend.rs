@@ -191,7 +191,7 @@ impl Frontend {
                 Err(e) => return Err(self.error("waiting for events".into(), e)),
             };
             if let Err(e) = self.dispatch(&event) {
-                if connection_lost(&e) {
+                if e.is_connection_lost() {
                     return Err(self.error(format!("handling {}", event.path), e));
                 }
             }
@@ -516,15 +516,6 @@ impl Drop for FrontendHandle {
     fn drop(&mut self) {
         let _ = self.stop_thread();
     }
-}
-
-/// True when the connection itself failed (the loop cannot go on); any
-/// other error concerns one node and is logged or ignored.
-fn connection_lost(e: &xenstore::client::Error) -> bool {
-    matches!(
-        e.kind(),
-        xenstore::client::ErrorKind::Io(_) | xenstore::client::ErrorKind::Protocol(_)
-    )
 }
 
 #[cfg(test)]

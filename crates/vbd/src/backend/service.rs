@@ -197,7 +197,7 @@ impl Backend {
                 Err(e) => return Err(self.xs_error("waiting for events".into(), e)),
             };
             if let Err(e) = self.dispatch(&event, &mut first_scan) {
-                if connection_lost(&e) {
+                if e.is_connection_lost() {
                     // Not a per-node error: the connection itself failed.
                     return Err(self.xs_error(format!("handling {}", event.path), e));
                 }
@@ -290,7 +290,7 @@ impl Backend {
             }
             // One device's trouble must not keep the others from starting.
             match self.consider(&path, startup) {
-                Err(e) if connection_lost(&e) => return Err(e),
+                Err(e) if e.is_connection_lost() => return Err(e),
                 Err(e) => self.log(&format!("{path}: {e}")),
                 Ok(()) => {}
             }
@@ -707,13 +707,4 @@ impl Drop for BackendHandle {
     fn drop(&mut self) {
         let _ = self.stop_thread();
     }
-}
-
-/// True when the connection itself failed (the loop cannot go on); any
-/// other error concerns one node and is logged or ignored.
-fn connection_lost(e: &xenstore::client::Error) -> bool {
-    matches!(
-        e.kind(),
-        xenstore::client::ErrorKind::Io(_) | xenstore::client::ErrorKind::Protocol(_)
-    )
 }

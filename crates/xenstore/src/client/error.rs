@@ -75,6 +75,14 @@ impl Error {
         self.errno() == Some(Errno::ENOENT)
     }
 
+    /// Whether the connection itself failed (I/O or a protocol violation):
+    /// the client refuses every later request, so a loop built on it cannot
+    /// go on. Any other error concerns one request and the connection stays
+    /// usable.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self.kind, ErrorKind::Io(_) | ErrorKind::Protocol(_))
+    }
+
     pub fn kind(&self) -> &ErrorKind {
         &self.kind
     }
@@ -119,5 +127,29 @@ impl From<Error> for io::Error {
             (_, None) => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_io_and_protocol_failures_lose_the_connection() {
+        let lost = [
+            Error::new(
+                "READ",
+                Some("/a"),
+                io::Error::from(io::ErrorKind::BrokenPipe),
+            ),
+            Error::new("READ", Some("/a"), ErrorKind::Protocol("bad reply".into())),
+        ];
+        let kept = [
+            Error::new("READ", Some("/a"), ErrorKind::Xenstore(Errno::ENOENT)),
+            Error::new("WRITE", Some("/a"), ErrorKind::TooLarge { len: 5000 }),
+            Error::new("READ", Some("/a"), ErrorKind::NotUtf8),
+        ];
+        assert!(lost.iter().all(Error::is_connection_lost));
+        assert!(!kept.iter().any(Error::is_connection_lost));
     }
 }
