@@ -1,56 +1,100 @@
-//! The client against the real daemon (crate `xenstored`), over real Unix
-//! sockets: every operation, watches, transactions under contention, and a
-//! simulated guest domain.
+//! The client against a xenstore daemon: every operation, watches,
+//! transactions under contention, and a guest domain.
+//!
+//! By default the daemon is ours (crate `xenstored`), started in this
+//! process for each test, over real Unix sockets. `XENSTORE_TEST_DAEMON`
+//! points the suite at an external daemon instead — the Xen project's C
+//! xenstored in a real dom0 (`tests/xen`, scenario `xs-suites-real`, over
+//! its socket and over `/dev/xen/xenbus`), or ours in another process
+//! (`suite_against_a_separate_daemon_process`, below, on every `cargo test`);
+//! the variables are described in `../../xenstored/tests/common/daemon_under_test.rs`.
+//! Every test keeps to its own node prefix under `/local/domain/0`, in both
+//! modes, and removes it when done.
+//!
+//! Tests that cannot run against every daemon say so by name, so a run
+//! leaves them out explicitly (`--skip`) rather than having them skip:
+//! - `guest_…` need a guest domain's endpoint (`XENSTORE_TEST_GUESTS`);
+//! - `no_hypervisor_…` introduce domains that do not exist, which only a
+//!   daemon without a hypervisor (ours) accepts.
 
-use std::path::PathBuf;
+#[path = "../../xenstored/tests/common/daemon_under_test.rs"]
+mod daemon_under_test;
+
+use std::path::Path;
 use std::thread;
 use std::time::Duration;
+
+use daemon_under_test::{unique_prefix, DaemonUnderTest, Kind, DOM0_HOME};
 use xenstore::{Client, Errno, Perms, WatchEvent};
 
+/// The guest domain of the in-process daemon.
 const GUEST: u32 = 5;
 const EVENT_WAIT: Option<Duration> = Some(Duration::from_secs(5));
+const NO_EVENT_WAIT: Option<Duration> = Some(Duration::from_millis(100));
 
-/// A daemon with a dom0 socket and one guest socket, in a private directory.
+/// A daemon under test and this test's own corner of its store.
 struct Bed {
-    dir: tempfile::TempDir,
-    daemon: Option<xenstored::DaemonHandle>,
+    daemon: DaemonUnderTest,
+    /// Absolute, under dom0's home; created empty, owned by dom0 (`n0`).
+    prefix: String,
 }
 
 impl Bed {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = xenstored::Config::new(dir.path().join("socket"))
-            .domain_socket(GUEST, dir.path().join("guest"));
-        let daemon = xenstored::Daemon::start(config).expect("daemon starts");
-        Bed {
-            dir,
-            daemon: Some(daemon),
-        }
+    fn start(name: &str) -> Self {
+        let daemon = DaemonUnderTest::start(&[GUEST], xenstored::Quotas::default());
+        let bed = Bed {
+            daemon,
+            prefix: unique_prefix(name),
+        };
+        let mut c = bed.dom0();
+        c.mkdir(&bed.prefix).unwrap();
+        c.set_perms(&bed.prefix, &"n0".parse().unwrap()).unwrap();
+        bed
     }
 
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("socket")
+    /// `rel` (`/a/b`) below this test's prefix.
+    fn path(&self, rel: &str) -> String {
+        format!("{}{rel}", self.prefix)
+    }
+
+    /// The same node as [`Bed::path`], relative to dom0's home.
+    fn relative(&self, rel: &str) -> String {
+        let own = &self.prefix[DOM0_HOME.len() + 1..];
+        format!("{own}{rel}")
+    }
+
+    fn endpoint(&self) -> &Path {
+        self.daemon.endpoint()
     }
 
     fn dom0(&self) -> Client {
-        Client::connect_socket(&self.socket()).unwrap()
+        Client::connect_path(self.endpoint()).unwrap()
     }
 
-    /// A guest connection, with its home created and owned by it as a
-    /// toolstack would.
+    /// The guest domain this bed offers.
+    fn guest_domid(&self) -> u32 {
+        self.daemon.first_guest()
+    }
+
+    /// A connection of the guest domain, with its home present and owned by
+    /// it, as a toolstack leaves it (on a real host the toolstack did it).
     fn guest(&self) -> Client {
+        let domid = self.guest_domid();
         let mut dom0 = self.dom0();
-        let home = format!("/local/domain/{GUEST}");
-        dom0.mkdir(&home).unwrap();
-        dom0.set_perms(&home, &Perms::owner_only(GUEST)).unwrap();
-        Client::connect_socket(&self.dir.path().join("guest")).unwrap()
+        let home = format!("/local/domain/{domid}");
+        if !dom0.exists(&home).unwrap() {
+            dom0.mkdir(&home).unwrap();
+            dom0.set_perms(&home, &Perms::owner_only(domid)).unwrap();
+        }
+        Client::connect_path(self.daemon.guest_endpoint(domid)).unwrap()
     }
 }
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        if let Some(daemon) = self.daemon.take() {
-            daemon.stop();
+        // Best effort: a failed test must still report its own failure.
+        if let Ok(mut c) = Client::connect_path(self.endpoint()) {
+            let _ = c.rm(&self.prefix);
         }
     }
 }
@@ -64,60 +108,69 @@ fn event(path: &str, token: &str) -> WatchEvent {
 
 #[test]
 fn read_write_mkdir_rm_directory() {
-    let bed = Bed::start();
+    let bed = Bed::start("read-write");
     let mut c = bed.dom0();
-    c.write("/a/b/c", "value").unwrap();
-    assert_eq!(c.read("/a/b/c").unwrap(), b"value");
-    assert_eq!(c.read("/a/b").unwrap(), b"", "parents are created empty");
-    assert_eq!(c.read_string("/a/b/c").unwrap(), "value");
-    assert_eq!(c.directory("/a").unwrap(), ["b"]);
+    let abc = bed.path("/a/b/c");
+    c.write(&abc, "value").unwrap();
+    assert_eq!(c.read(&abc).unwrap(), b"value");
+    assert_eq!(
+        c.read(&bed.path("/a/b")).unwrap(),
+        b"",
+        "parents are created empty"
+    );
+    assert_eq!(c.read_string(&abc).unwrap(), "value");
+    assert_eq!(c.directory(&bed.path("/a")).unwrap(), ["b"]);
 
     let binary = [0u8, 1, 2, 255, 0];
-    c.write("/bin", binary).unwrap();
+    c.write(&bed.path("/bin"), binary).unwrap();
     assert_eq!(
-        c.read("/bin").unwrap(),
+        c.read(&bed.path("/bin")).unwrap(),
         binary,
         "binary values, NULs included"
     );
-    c.write("/ctl", [0u8, 1, 2]).unwrap();
+    c.write(&bed.path("/ctl"), [0u8, 1, 2]).unwrap();
     assert_eq!(
-        c.read_string("/ctl").unwrap(),
+        c.read_string(&bed.path("/ctl")).unwrap(),
         "\0\u{1}\u{2}",
         "NUL and control bytes are UTF-8"
     );
-    c.write("/latin", [0xe9u8]).unwrap();
+    c.write(&bed.path("/latin"), [0xe9u8]).unwrap();
     assert!(matches!(
-        c.read_string("/latin").unwrap_err().kind(),
+        c.read_string(&bed.path("/latin")).unwrap_err().kind(),
         xenstore::ErrorKind::NotUtf8
     ));
 
-    c.mkdir("/a/b").unwrap();
+    c.mkdir(&bed.path("/a/b")).unwrap();
     assert_eq!(
-        c.read("/a/b/c").unwrap(),
+        c.read(&abc).unwrap(),
         b"value",
         "mkdir of an existing node keeps it"
     );
-    c.mkdir("/d").unwrap();
-    assert!(c.exists("/d").unwrap());
+    c.mkdir(&bed.path("/d")).unwrap();
+    assert!(c.exists(&bed.path("/d")).unwrap());
 
-    c.rm("/a").unwrap();
-    assert!(!c.exists("/a/b/c").unwrap());
-    assert_eq!(c.read_opt("/a").unwrap(), None);
-    c.rm("/a").unwrap(); // missing node, existing parent: fine
-    let err = c.rm("/a/b").unwrap_err();
+    c.rm(&bed.path("/a")).unwrap();
+    assert!(!c.exists(&abc).unwrap());
+    assert_eq!(c.read_opt(&bed.path("/a")).unwrap(), None);
+    c.rm(&bed.path("/a")).unwrap(); // missing node, existing parent: fine
+    let err = c.rm(&bed.path("/a/b")).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::ENOENT), "missing parent");
-    let err = c.read("/nope").unwrap_err();
-    assert_eq!(err.to_string(), "xenstore READ /nope: ENOENT");
+    let err = c.read(&bed.path("/nope")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("xenstore READ {}: ENOENT", bed.path("/nope"))
+    );
     assert_eq!(c.rm("/").unwrap_err().errno(), Some(Errno::EINVAL));
 }
 
 #[test]
 fn relative_paths_resolve_in_dom0_home() {
-    let bed = Bed::start();
+    let bed = Bed::start("relative");
     let mut c = bed.dom0();
-    c.write("backend/vbd/5/51712/state", "1").unwrap();
+    c.write(&bed.relative("/backend/vbd/5/51712/state"), "1")
+        .unwrap();
     assert_eq!(
-        c.read("/local/domain/0/backend/vbd/5/51712/state").unwrap(),
+        c.read(&bed.path("/backend/vbd/5/51712/state")).unwrap(),
         b"1"
     );
     assert_eq!(c.get_domain_path(7).unwrap(), "/local/domain/7");
@@ -125,19 +178,20 @@ fn relative_paths_resolve_in_dom0_home() {
 
 #[test]
 fn large_directories_are_listed_through_directory_part() {
-    let bed = Bed::start();
+    let bed = Bed::start("large-dir");
     let mut c = bed.dom0();
     let names: Vec<String> = (0..400)
         .map(|i| format!("child-with-a-long-name-{i:04}"))
         .collect();
+    let big = bed.path("/big");
     c.transaction(|tx| {
         for name in &names {
-            tx.write(&format!("/big/{name}"), "")?;
+            tx.write(&format!("{big}/{name}"), "")?;
         }
         Ok::<_, xenstore::Error>(())
     })
     .unwrap();
-    let mut listed = c.directory("/big").unwrap();
+    let mut listed = c.directory(&big).unwrap();
     listed.sort();
     assert_eq!(
         listed,
@@ -148,111 +202,97 @@ fn large_directories_are_listed_through_directory_part() {
 }
 
 #[test]
-fn permissions_round_trip_and_bind_a_guest() {
-    let bed = Bed::start();
+fn guest_permissions_round_trip_and_bind_a_guest() {
+    let bed = Bed::start("guest-perms");
+    let domid = bed.guest_domid();
     let mut dom0 = bed.dom0();
     let mut guest = bed.guest();
 
-    dom0.write("/backend-node", "secret").unwrap();
+    let node = bed.path("/backend-node");
+    dom0.write(&node, "secret").unwrap();
+    assert_eq!(dom0.get_perms(&node).unwrap(), "n0".parse().unwrap());
+    assert_eq!(guest.read(&node).unwrap_err().errno(), Some(Errno::EACCES));
     assert_eq!(
-        dom0.get_perms("/backend-node").unwrap(),
-        "n0".parse().unwrap()
-    );
-    assert_eq!(
-        guest.read("/backend-node").unwrap_err().errno(),
-        Some(Errno::EACCES)
-    );
-    assert_eq!(
-        guest.write("/backend-node", "x").unwrap_err().errno(),
+        guest.write(&node, "x").unwrap_err().errno(),
         Some(Errno::EACCES)
     );
 
-    let readable: Perms = format!("n0 r{GUEST}").parse().unwrap();
-    dom0.set_perms("/backend-node", &readable).unwrap();
-    assert_eq!(dom0.get_perms("/backend-node").unwrap(), readable);
-    assert_eq!(guest.read("/backend-node").unwrap(), b"secret");
+    let readable: Perms = format!("n0 r{domid}").parse().unwrap();
+    dom0.set_perms(&node, &readable).unwrap();
+    assert_eq!(dom0.get_perms(&node).unwrap(), readable);
+    assert_eq!(guest.read(&node).unwrap(), b"secret");
     assert_eq!(
-        guest.write("/backend-node", "x").unwrap_err().errno(),
+        guest.write(&node, "x").unwrap_err().errno(),
         Some(Errno::EACCES)
     );
 
     // Relative paths of a guest resolve in its own home, which it owns.
-    guest.write("data/feature", "1").unwrap();
-    assert_eq!(
-        dom0.read(&format!("/local/domain/{GUEST}/data/feature"))
-            .unwrap(),
-        b"1"
-    );
-    assert_eq!(
-        dom0.get_perms(&format!("/local/domain/{GUEST}/data/feature"))
-            .unwrap()
-            .owner(),
-        GUEST
-    );
+    let own = bed.relative("");
+    let own = own.rsplit('/').next().unwrap();
+    guest.write(&format!("{own}/data/feature"), "1").unwrap();
+    let absolute = format!("/local/domain/{domid}/{own}/data/feature");
+    assert_eq!(dom0.read(&absolute).unwrap(), b"1");
+    assert_eq!(dom0.get_perms(&absolute).unwrap().owner(), domid);
+    guest.rm(own).unwrap();
 }
 
 #[test]
 fn watches_fire_at_once_then_on_changes_below() {
-    let bed = Bed::start();
+    let bed = Bed::start("watch");
     let mut watcher = bed.dom0();
     let mut writer = bed.dom0();
-    watcher.watch("/w", "tok").unwrap();
+    let w = bed.path("/w");
+    watcher.watch(&w, "tok").unwrap();
     assert_eq!(
         watcher.next_event(EVENT_WAIT).unwrap(),
-        Some(event("/w", "tok"))
+        Some(event(&w, "tok"))
     );
 
-    writer.write("/w/x", "1").unwrap();
-    writer.write("/wx", "1").unwrap(); // not below /w
-    writer.write("/w/y", "1").unwrap();
+    writer.write(&bed.path("/w/x"), "1").unwrap();
+    writer.write(&bed.path("/wx"), "1").unwrap(); // not below /w
+    writer.write(&bed.path("/w/y"), "1").unwrap();
     assert_eq!(
         watcher.next_event(EVENT_WAIT).unwrap(),
-        Some(event("/w/x", "tok"))
+        Some(event(&bed.path("/w/x"), "tok"))
     );
     assert_eq!(
         watcher.next_event(EVENT_WAIT).unwrap(),
-        Some(event("/w/y", "tok"))
+        Some(event(&bed.path("/w/y"), "tok"))
     );
-    assert_eq!(
-        watcher
-            .next_event(Some(Duration::from_millis(100)))
-            .unwrap(),
-        None
-    );
+    assert_eq!(watcher.next_event(NO_EVENT_WAIT).unwrap(), None);
 
     assert_eq!(
-        watcher.watch("/w", "tok").unwrap_err().errno(),
+        watcher.watch(&w, "tok").unwrap_err().errno(),
         Some(Errno::EEXIST)
     );
-    watcher.unwatch("/w", "tok").unwrap();
+    watcher.unwatch(&w, "tok").unwrap();
     assert_eq!(
-        watcher.unwatch("/w", "tok").unwrap_err().errno(),
+        watcher.unwatch(&w, "tok").unwrap_err().errno(),
         Some(Errno::ENOENT)
     );
-    writer.write("/w/z", "1").unwrap();
-    assert_eq!(
-        watcher
-            .next_event(Some(Duration::from_millis(100)))
-            .unwrap(),
-        None
-    );
+    writer.write(&bed.path("/w/z"), "1").unwrap();
+    assert_eq!(watcher.next_event(NO_EVENT_WAIT).unwrap(), None);
 }
 
 #[test]
 fn events_arriving_during_requests_are_kept_in_order() {
-    let bed = Bed::start();
+    let bed = Bed::start("busy");
     let mut watcher = bed.dom0();
-    watcher.watch("/busy", "t").unwrap();
-    let socket = bed.socket();
-    let writer = thread::spawn(move || {
-        let mut writer = Client::connect_socket(&socket).unwrap();
-        for i in 0..200 {
-            writer.write(&format!("/busy/{i}"), "x").unwrap();
-        }
-    });
+    let busy = bed.path("/busy");
+    watcher.watch(&busy, "t").unwrap();
+    let endpoint = bed.endpoint().to_owned();
+    let writer = {
+        let busy = busy.clone();
+        thread::spawn(move || {
+            let mut writer = Client::connect_path(&endpoint).unwrap();
+            for i in 0..200 {
+                writer.write(&format!("{busy}/{i}"), "x").unwrap();
+            }
+        })
+    };
     // Keep the watcher busy with requests while events pour in.
     for _ in 0..200 {
-        watcher.read_opt("/busy/0").unwrap();
+        watcher.read_opt(&format!("{busy}/0")).unwrap();
     }
     writer.join().unwrap();
     let mut paths = Vec::new();
@@ -260,31 +300,35 @@ fn events_arriving_during_requests_are_kept_in_order() {
         let e = watcher.next_event(EVENT_WAIT).unwrap().expect("event");
         paths.push(e.path);
     }
-    let expected: Vec<String> = std::iter::once("/busy".to_owned())
-        .chain((0..200).map(|i| format!("/busy/{i}")))
+    let expected: Vec<String> = std::iter::once(busy.clone())
+        .chain((0..200).map(|i| format!("{busy}/{i}")))
         .collect();
     assert_eq!(paths, expected);
 }
 
 #[test]
 fn relative_watches_report_relative_paths() {
-    let bed = Bed::start();
+    let bed = Bed::start("relative-watch");
     let mut c = bed.dom0();
-    c.watch("device", "rel").unwrap();
+    let device = bed.relative("/device");
+    c.watch(&device, "rel").unwrap();
     assert_eq!(
         c.next_event(EVENT_WAIT).unwrap(),
-        Some(event("device", "rel"))
+        Some(event(&device, "rel"))
     );
-    c.write("/local/domain/0/device/vbd", "1").unwrap();
+    c.write(&bed.path("/device/vbd"), "1").unwrap();
     assert_eq!(
         c.next_event(EVENT_WAIT).unwrap(),
-        Some(event("device/vbd", "rel"))
+        Some(event(&bed.relative("/device/vbd"), "rel"))
     );
 }
 
+/// A domain id no domain has during the suite (below Xen's reserved ids).
+const ABSENT_DOMAIN: u32 = 32000;
+
 #[test]
-fn domain_introduction_fires_special_watches() {
-    let bed = Bed::start();
+fn special_watches_fire_at_once_and_reset_watches_drops_all() {
+    let bed = Bed::start("special-watch");
     let mut c = bed.dom0();
     c.watch("@introduceDomain", "in").unwrap();
     c.watch("@releaseDomain", "out").unwrap();
@@ -296,12 +340,38 @@ fn domain_introduction_fires_special_watches() {
         c.next_event(EVENT_WAIT).unwrap(),
         Some(event("@releaseDomain", "out"))
     );
-    assert!(!c.is_domain_introduced(9).unwrap());
-    // Event channel port 0 is invalid, as on a real host.
+    assert!(!c.is_domain_introduced(ABSENT_DOMAIN).unwrap());
+    // Event channel port 0 is invalid, whatever the domain.
     assert_eq!(
-        c.introduce(9, 0, 0).unwrap_err().errno(),
+        c.introduce(ABSENT_DOMAIN, 0, 0).unwrap_err().errno(),
         Some(Errno::EINVAL)
     );
+
+    let r = bed.path("/r");
+    c.watch(&r, "r").unwrap();
+    assert_eq!(c.next_event(EVENT_WAIT).unwrap(), Some(event(&r, "r")));
+    c.reset_watches().unwrap();
+    bed.dom0().write(&bed.path("/r/x"), "1").unwrap();
+    assert_eq!(c.next_event(NO_EVENT_WAIT).unwrap(), None);
+    // The watches are gone, not only silenced: registering again works.
+    c.watch(&r, "r").unwrap();
+    assert_eq!(c.next_event(EVENT_WAIT).unwrap(), Some(event(&r, "r")));
+}
+
+#[test]
+fn no_hypervisor_introduce_and_release_fire_special_watches() {
+    let bed = Bed::start("introduce");
+    assert_eq!(
+        bed.daemon.kind(),
+        Kind::Diskseq,
+        "introduces a domain that does not exist: only a daemon without a hypervisor accepts that"
+    );
+    let mut c = bed.dom0();
+    c.watch("@introduceDomain", "in").unwrap();
+    c.watch("@releaseDomain", "out").unwrap();
+    c.next_event(EVENT_WAIT).unwrap().expect("initial event");
+    c.next_event(EVENT_WAIT).unwrap().expect("initial event");
+    assert!(!c.is_domain_introduced(9).unwrap());
     c.introduce(9, 0, 1).unwrap();
     assert!(c.is_domain_introduced(9).unwrap());
     assert_eq!(
@@ -315,52 +385,49 @@ fn domain_introduction_fires_special_watches() {
     );
     c.reset_watches().unwrap();
     c.introduce(10, 0, 1).unwrap();
-    assert_eq!(
-        c.next_event(Some(Duration::from_millis(100))).unwrap(),
-        None
-    );
+    assert_eq!(c.next_event(NO_EVENT_WAIT).unwrap(), None);
+    c.release(10).unwrap();
 }
 
 #[test]
 fn transactions_are_isolated_until_commit() {
-    let bed = Bed::start();
+    let bed = Bed::start("tx-isolation");
     let mut a = bed.dom0();
     let mut b = bed.dom0();
-    a.write("/t/x", "old").unwrap();
+    let (x, y) = (bed.path("/t/x"), bed.path("/t/y"));
+    a.write(&x, "old").unwrap();
     let mut tx = a.start_transaction().unwrap();
-    tx.write("/t/x", "new").unwrap();
-    tx.write("/t/y", "added").unwrap();
+    tx.write(&x, "new").unwrap();
+    tx.write(&y, "added").unwrap();
     assert_eq!(
-        tx.read("/t/x").unwrap(),
+        tx.read(&x).unwrap(),
         b"new",
         "a transaction sees its own writes"
     );
-    assert_eq!(
-        b.read("/t/x").unwrap(),
-        b"old",
-        "others do not, before commit"
-    );
-    assert_eq!(b.read_opt("/t/y").unwrap(), None);
+    assert_eq!(b.read(&x).unwrap(), b"old", "others do not, before commit");
+    assert_eq!(b.read_opt(&y).unwrap(), None);
     tx.commit().unwrap();
-    assert_eq!(b.read("/t/x").unwrap(), b"new");
+    assert_eq!(b.read(&x).unwrap(), b"new");
 
     let mut tx = a.start_transaction().unwrap();
-    tx.write("/t/x", "discarded").unwrap();
+    tx.write(&x, "discarded").unwrap();
     tx.abort().unwrap();
-    assert_eq!(b.read("/t/x").unwrap(), b"new");
+    assert_eq!(b.read(&x).unwrap(), b"new");
 
     {
         let mut tx = a.start_transaction().unwrap();
-        tx.write("/t/x", "dropped").unwrap();
+        tx.write(&x, "dropped").unwrap();
     }
     assert_eq!(
-        b.read("/t/x").unwrap(),
+        b.read(&x).unwrap(),
         b"new",
         "dropping a transaction aborts it"
     );
 
+    let mut payload = x.clone().into_bytes();
+    payload.push(0);
     let err = a
-        .send_raw(xenstore::MsgType::Read as u32, 4242, b"/t/x\0")
+        .send_raw(xenstore::MsgType::Read as u32, 4242, &payload)
         .unwrap();
     assert_eq!(
         xenstore::wire::parse_error_payload(&err.payload),
@@ -371,19 +438,20 @@ fn transactions_are_isolated_until_commit() {
 
 #[test]
 fn conflicting_commit_gets_eagain_and_the_closure_reruns() {
-    let bed = Bed::start();
+    let bed = Bed::start("tx-conflict");
     let mut a = bed.dom0();
     let mut b = bed.dom0();
-    a.write("/c", "0").unwrap();
+    let node = bed.path("/c");
+    a.write(&node, "0").unwrap();
     let mut runs = 0;
     let seen = a
         .transaction(|tx| {
             runs += 1;
-            let value = tx.read_string("/c")?;
+            let value = tx.read_string(&node)?;
             if runs == 1 {
-                b.write("/c", "changed").unwrap(); // someone else, meanwhile
+                b.write(&node, "changed").unwrap(); // someone else, meanwhile
             }
-            tx.write("/c/child", "x")?;
+            tx.write(&format!("{node}/child"), "x")?;
             Ok::<_, xenstore::Error>(value)
         })
         .unwrap();
@@ -395,17 +463,19 @@ fn conflicting_commit_gets_eagain_and_the_closure_reruns() {
 fn concurrent_increments_lose_nothing() {
     const THREADS: usize = 4;
     const PER_THREAD: usize = 25;
-    let bed = Bed::start();
-    bed.dom0().write("/counter", "0").unwrap();
+    let bed = Bed::start("increments");
+    let counter = bed.path("/counter");
+    bed.dom0().write(&counter, "0").unwrap();
     let workers: Vec<_> = (0..THREADS)
         .map(|_| {
-            let socket = bed.socket();
+            let endpoint = bed.endpoint().to_owned();
+            let counter = counter.clone();
             thread::spawn(move || {
-                let mut c = Client::connect_socket(&socket).unwrap();
+                let mut c = Client::connect_path(&endpoint).unwrap();
                 for _ in 0..PER_THREAD {
                     c.transaction(|tx| {
-                        let n: usize = tx.read_string("/counter")?.parse().unwrap();
-                        tx.write("/counter", (n + 1).to_string())
+                        let n: usize = tx.read_string(&counter)?.parse().unwrap();
+                        tx.write(&counter, (n + 1).to_string())
                     })
                     .unwrap();
                 }
@@ -415,15 +485,15 @@ fn concurrent_increments_lose_nothing() {
     for w in workers {
         w.join().unwrap();
     }
-    let total: usize = bed.dom0().read_string("/counter").unwrap().parse().unwrap();
+    let total: usize = bed.dom0().read_string(&counter).unwrap().parse().unwrap();
     assert_eq!(total, THREADS * PER_THREAD);
 }
 
 #[test]
 fn pipelined_batches_in_a_transaction() {
-    let bed = Bed::start();
+    let bed = Bed::start("batches");
     let mut c = bed.dom0();
-    let paths: Vec<String> = (0..150).map(|i| format!("/many/{i}")).collect();
+    let paths: Vec<String> = (0..150).map(|i| bed.path(&format!("/many/{i}"))).collect();
     let values: Vec<Vec<u8>> = (0..150).map(|i| format!("v{i}").into_bytes()).collect();
     let items: Vec<(&str, &[u8])> = paths
         .iter()
@@ -432,8 +502,9 @@ fn pipelined_batches_in_a_transaction() {
         .collect();
     c.transaction(|tx| tx.write_many(&items)).unwrap();
 
+    let missing = bed.path("/many/missing");
     let mut query: Vec<&str> = paths.iter().map(String::as_str).collect();
-    query.push("/many/missing");
+    query.push(&missing);
     let read = c.transaction(|tx| tx.read_many(&query)).unwrap();
     assert_eq!(read.len(), 151);
     for (got, want) in read.iter().zip(&values) {
@@ -441,8 +512,9 @@ fn pipelined_batches_in_a_transaction() {
     }
     assert_eq!(read[150], None);
 
-    let guest_paths = ["/many/0", "/many/bad//path"];
-    let err = c.transaction(|tx| tx.read_many(&guest_paths)).unwrap_err();
+    let bad = bed.path("/many/bad//path");
+    let with_bad = [paths[0].as_str(), &bad];
+    let err = c.transaction(|tx| tx.read_many(&with_bad)).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::EINVAL));
 }
 
@@ -456,28 +528,30 @@ fn store_trait_runs_inside_and_outside_transactions() {
         store.write(&format!("{base}/diskseq"), "2a")?;
         store.directory(base)
     }
-    let bed = Bed::start();
+    let bed = Bed::start("store-trait");
     let mut c = bed.dom0();
     assert_eq!(
-        publish(&mut c, "/plain").unwrap(),
+        publish(&mut c, &bed.path("/plain")).unwrap(),
         ["physical-device", "diskseq"]
     );
-    let listed = c.transaction(|tx| publish(tx, "/in-tx")).unwrap();
+    let in_tx = bed.path("/in-tx");
+    let listed = c.transaction(|tx| publish(tx, &in_tx)).unwrap();
     assert_eq!(listed, ["physical-device", "diskseq"]);
-    assert_eq!(c.read("/in-tx/diskseq").unwrap(), b"2a");
+    assert_eq!(c.read(&format!("{in_tx}/diskseq")).unwrap(), b"2a");
 }
 
 #[test]
 fn connect_follows_xenstored_path() {
-    let bed = Bed::start();
+    let bed = Bed::start("xenstored-path");
     // Only this test reads the variable; the others connect explicitly.
-    std::env::set_var("XENSTORED_PATH", bed.socket());
+    std::env::set_var("XENSTORED_PATH", bed.endpoint());
     let mut c = Client::connect().unwrap();
     std::env::remove_var("XENSTORED_PATH");
-    c.write("/via-env", "1").unwrap();
-    assert_eq!(c.endpoint(), bed.socket());
+    c.write(&bed.path("/via-env"), "1").unwrap();
+    assert_eq!(c.endpoint(), bed.endpoint());
 
-    std::env::set_var("XENSTORED_PATH", bed.dir.path().join("absent"));
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("XENSTORED_PATH", dir.path().join("absent"));
     let err = Client::connect().unwrap_err();
     std::env::remove_var("XENSTORED_PATH");
     assert!(err.to_string().contains("absent"), "{err}");
@@ -485,73 +559,69 @@ fn connect_follows_xenstored_path() {
 
 #[test]
 fn pipelined_read_then_commit_reports_a_conflict_and_the_atomic_read_retries() {
-    let bed = Bed::start();
+    let bed = Bed::start("pipelined-conflict");
     let mut a = bed.dom0();
     let mut b = bed.dom0();
-    a.write("/p/x", "1").unwrap();
-    a.write("/p/y", "2").unwrap();
+    let (x, y, missing) = (bed.path("/p/x"), bed.path("/p/y"), bed.path("/p/missing"));
+    a.write(&x, "1").unwrap();
+    a.write(&y, "2").unwrap();
     assert_eq!(
-        a.read_many_atomically(&["/p/x", "/p/y", "/p/missing"])
-            .unwrap(),
+        a.read_many_atomically(&[&x, &y, &missing]).unwrap(),
         vec![Some(b"1".to_vec()), Some(b"2".to_vec()), None]
     );
 
     // Another client changes a node the transaction has seen: the
     // pipelined commit must say so instead of passing a torn view.
     let mut tx = a.start_transaction().unwrap();
-    assert_eq!(tx.read("/p/x").unwrap(), b"1");
-    b.write("/p/x", "changed").unwrap();
-    let err = tx.read_many_and_commit(&["/p/y"]).unwrap_err();
+    assert_eq!(tx.read(&x).unwrap(), b"1");
+    b.write(&x, "changed").unwrap();
+    let err = tx.read_many_and_commit(&[&y]).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::EAGAIN), "{err}");
     // The connection is still in step: the next request gets its own reply.
-    assert_eq!(a.read("/p/x").unwrap(), b"changed");
+    assert_eq!(a.read(&x).unwrap(), b"changed");
 
-    let err = a.read_many_atomically(&["/p/x", "bad//path"]).unwrap_err();
+    let err = a.read_many_atomically(&[&x, "bad//path"]).unwrap_err();
     assert!(err.to_string().contains("bad//path"), "{err}");
 }
 
 #[test]
 fn pipelined_reads_see_the_state_before_the_writes_behind_them() {
-    let bed = Bed::start();
+    let bed = Bed::start("pipelined-order");
     let mut a = bed.dom0();
     let mut b = bed.dom0();
-    a.write("/q/flag", "before").unwrap();
+    let (flag, new) = (bed.path("/q/flag"), bed.path("/q/new"));
+    a.write(&flag, "before").unwrap();
 
     let mut tx = a.start_transaction().unwrap();
     let values = tx
-        .read_many_then_write(
-            &["/q/flag", "/q/new"],
-            &[("/q/flag", b"after"), ("/q/new", b"n")],
-        )
+        .read_many_then_write(&[&flag, &new], &[(&flag, b"after"), (&new, b"n")])
         .unwrap();
     assert_eq!(values, vec![Some(b"before".to_vec()), None]);
-    assert_eq!(b.read("/q/flag").unwrap(), b"before", "not committed yet");
+    assert_eq!(b.read(&flag).unwrap(), b"before", "not committed yet");
     tx.abort().unwrap();
     assert_eq!(
-        b.read("/q/flag").unwrap(),
+        b.read(&flag).unwrap(),
         b"before",
         "abort discards the writes"
     );
-    assert_eq!(b.read_opt("/q/new").unwrap(), None);
+    assert_eq!(b.read_opt(&new).unwrap(), None);
 
     let mut tx = a.start_transaction().unwrap();
-    tx.read_many_then_write(&["/q/flag"], &[("/q/flag", b"after")])
+    tx.read_many_then_write(&[&flag], &[(&flag, b"after")])
         .unwrap();
     tx.commit().unwrap();
-    assert_eq!(b.read("/q/flag").unwrap(), b"after");
+    assert_eq!(b.read(&flag).unwrap(), b"after");
 }
 
 #[test]
 fn watches_and_reads_in_one_batch() {
-    let bed = Bed::start();
+    let bed = Bed::start("watch-batch");
     let mut a = bed.dom0();
     let mut b = bed.dom0();
-    a.write("/w/opened", "0").unwrap();
+    let (opened, state) = (bed.path("/w/opened"), bed.path("/w/state"));
+    a.write(&opened, "0").unwrap();
     let values = a
-        .watch_and_read_many(
-            &[("/w/opened", "t1"), ("/w/state", "t2")],
-            &["/w/opened", "/w/state"],
-        )
+        .watch_and_read_many(&[(&opened, "t1"), (&state, "t2")], &[&opened, &state])
         .unwrap();
     assert_eq!(values, vec![Some(b"0".to_vec()), None]);
     // Both watches are registered: each fires once at once, then on change.
@@ -560,17 +630,36 @@ fn watches_and_reads_in_one_batch() {
         a.next_event(EVENT_WAIT).unwrap().unwrap(),
     ];
     initial.sort_by(|x, y| x.token.cmp(&y.token));
-    assert_eq!(
-        initial,
-        vec![event("/w/opened", "t1"), event("/w/state", "t2")]
-    );
-    b.write("/w/opened", "1").unwrap();
+    assert_eq!(initial, vec![event(&opened, "t1"), event(&state, "t2")]);
+    b.write(&opened, "1").unwrap();
     assert_eq!(
         a.next_event(EVENT_WAIT).unwrap(),
-        Some(event("/w/opened", "t1"))
+        Some(event(&opened, "t1"))
     );
     let err = a
-        .watch_and_read_many(&[("/w/x", "bad\0token")], &[])
+        .watch_and_read_many(&[(&bed.path("/w/x"), "bad\0token")], &[])
         .unwrap_err();
     assert!(err.to_string().contains("/w/x"), "{err}");
+}
+
+/// Serves our daemon when this binary is re-executed for
+/// [`suite_against_a_separate_daemon_process`]; passes at once otherwise.
+#[test]
+fn separate_daemon_process() {
+    daemon_under_test::serve_if_asked(&[GUEST]);
+}
+
+/// The external mode on every `cargo test`: this whole suite, guest tests
+/// included, against our daemon in another process.
+#[test]
+fn suite_against_a_separate_daemon_process() {
+    if std::env::var_os(daemon_under_test::DAEMON_ENV).is_some() {
+        return; // already the external run: no recursion
+    }
+    daemon_under_test::run_suite_against_separate_daemon(
+        "separate_daemon_process",
+        "suite_against_a_separate_daemon_process",
+        &[GUEST],
+        &[],
+    );
 }
