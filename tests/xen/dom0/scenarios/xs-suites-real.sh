@@ -1,0 +1,90 @@
+# Scenario 5 (the suites): our xenstore test suites — the client's
+# (crates/xenstore/tests/client_daemon.rs) and the daemon's model-based
+# sequences (crates/xenstored/tests/model.rs) — run as the built test
+# binaries against the real C xenstored of this dom0 (over its socket and,
+# for the client suite, over /dev/xen/xenbus) and against ours started here
+# on its own socket. Every selected test must pass against each daemon; the
+# per-suite counts are figures.
+#
+# Arguments: [model sequences per run] (PROPTEST_CASES, default 100).
+# shellcheck shell=bash
+# shellcheck source=../lib.sh
+source /xentest/lib.sh
+
+CASES=${1:-100}
+BIN=/xentest/bin
+REAL=/run/xenstored/socket
+XENBUS=/dev/xen/xenbus
+OURS_DIR=/run/xs-suites
+OURS=$OURS_DIR/socket
+# The guest domain our daemon simulates (a socket whose connections are that
+# unprivileged domain), so the guest tests run against ours here too.
+OURS_GUEST=5
+# Where every test keeps its nodes (crates/xenstored/tests/common/daemon_under_test.rs).
+TEST_ROOT=/local/domain/0/diskseq-test
+
+# Tests that re-execute the binary to serve our daemon in another process:
+# the cargo suite's own check of the external mode, not a differential.
+SELF_TESTS=(--skip separate_daemon_process --skip suite_against_a_separate_daemon_process
+    --skip model_against_a_separate_daemon_process)
+# Left out against the C daemon, by name, and said so in the evidence:
+# guest_ tests need a guest domain's connection (a PV guest's own
+# /dev/xen/xenbus); no_hypervisor_ tests introduce a domain that does not
+# exist, which a daemon with a hypervisor refuses.
+C_ONLY_SKIPS=(--skip guest_ --skip no_hypervisor_)
+
+mkdir -p "$OURS_DIR"
+diskseq xenstored --socket "$OURS" --domain-socket "$OURS_GUEST=$OURS_DIR/guest" \
+    --pid-file "$OURS_DIR/pid" >"$XT_STATE/xs-suites-ours.log" 2>&1 &
+xt_check "our xenstored accepts connections" wait_for 10 test -S "$OURS"
+
+# run_suite <label> <binary> <endpoint> <kind> [test filter arguments...]
+# Runs the selected tests of one suite binary against one daemon; the check
+# passes only when every selected test ran and passed.
+run_suite() {
+    local label=$1 bin=$BIN/$2 endpoint=$3 kind=$4 listed summary passed failed rc start secs guests=
+    shift 4
+    [ "$kind" = diskseq ] && guests="$OURS_GUEST=$OURS_DIR/guest"
+    listed=$("$bin" --list "$@" 2>/dev/null | grep -c ': test$')
+    start=$(ms_now)
+    XENSTORE_TEST_DAEMON=$endpoint XENSTORE_TEST_DAEMON_KIND=$kind XENSTORE_TEST_GUESTS=$guests \
+        PROPTEST_CASES=$CASES RUST_BACKTRACE=0 timeout 300 "$bin" --test-threads=2 "$@" \
+        >"$XT_STATE/$label.out" 2>&1
+    rc=$?
+    secs=$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')
+    summary=$(grep -a '^test result:' "$XT_STATE/$label.out" | tail -1)
+    passed=$(sed -n 's/.* \([0-9]*\) passed.*/\1/p' <<<"$summary")
+    failed=$(sed -n 's/.* \([0-9]*\) failed.*/\1/p' <<<"$summary")
+    xt_evidence "$label: $endpoint ($kind): exit $rc after $secs s: ${summary:-no summary}"
+    xt_evidence_cmd "$label" grep -a -E '^test .* (ok|FAILED)$' "$XT_STATE/$label.out"
+    if [ "$rc" != 0 ]; then
+        xt_evidence_cmd "$label failure" grep -a -E -A6 'panicked at' "$XT_STATE/$label.out"
+    fi
+    xt_figure "${label}_tests" "${passed:-0}/$listed"
+    xt_figure "${label}_seconds" "$secs"
+    xt_check "$label: all $listed selected tests pass against $endpoint (${passed:-0} passed, ${failed:-?} failed)" \
+        all_ran_and_passed "$rc" "${passed:-0}" "$listed"
+}
+
+# all_ran_and_passed <exit status> <passed> <listed>
+all_ran_and_passed() { [ "$1" = 0 ] && [ "$2" = "$3" ] && [ "$3" -gt 0 ]; }
+
+xt_evidence "left out against the C daemon:$(
+    "$BIN/client_daemon" --list "${SELF_TESTS[@]}" 2>/dev/null | grep -E '^(guest_|no_hypervisor_)' | sed 's/: test$//' | tr '\n' ' '
+) (guest_: needs a PV guest's connection; no_hypervisor_: introduces a domain that does not exist)"
+
+run_suite client-c-socket client_daemon "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
+run_suite client-c-xenbus client_daemon "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
+run_suite client-ours client_daemon "$OURS" diskseq "${SELF_TESTS[@]}"
+run_suite model-c-socket model "$REAL" xen "${SELF_TESTS[@]}"
+run_suite model-ours model "$OURS" diskseq "${SELF_TESTS[@]}"
+
+# Every test removed its own nodes, on both daemons.
+for socket in "$REAL" "$OURS"; do
+    left=$(XENSTORED_PATH=$socket xenstore-list "$TEST_ROOT" 2>/dev/null | tr '\n' ' ')
+    xt_expect_eq "no test nodes left behind in $socket" "$left" ""
+    XENSTORED_PATH=$socket xenstore-rm "$TEST_ROOT" 2>/dev/null
+done
+
+kill "$(cat "$OURS_DIR/pid")" 2>/dev/null
+xt_evidence_cmd "our xenstored log" tail -5 "$XT_STATE/xs-suites-ours.log"
