@@ -578,6 +578,7 @@ fn model_against_a_separate_daemon_process() {
     daemon_under_test::run_suite_against_separate_daemon(
         "separate_daemon_process",
         "model_against_a_separate_daemon_process",
+        None,
         &[],
         &[("PROPTEST_CASES", "40")],
     );

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `XENSTORE_TEST_DAEMON` | dom0 endpoint of the external daemon: its Unix socket, or a xenbus device (`/dev/xen/xenbus`). Unset: our daemon in-process, one per test. |
 //! | `XENSTORE_TEST_DAEMON_KIND` | which implementation that is: `diskseq` (ours) or `xen` (the C xenstored). Required with `XENSTORE_TEST_DAEMON`: it selects the documented differences a test accepts, nothing else. |
-//! | `XENSTORE_TEST_GUESTS` | guest endpoints of the external daemon, `DOMID=PATH[,DOMID=PATH]`: connections there are those unprivileged domains. Tests that need a guest fail without it (they never skip); select or skip them by name (`guest_`). |
+//! | `XENSTORE_TEST_GUESTS` | guest endpoints of the external daemon, `DOMID=PATH[,DOMID=PATH]`: connections there are those unprivileged domains. `DOMID=relay` reaches a real guest through the relay agent running in it (`guest_relay.rs`). Tests that need a guest fail without it (they never skip); select or skip them by name (`guest_`). |
 //!
 //! One external daemon is shared by every test of a run, and a real store is
 //! never empty (`/local`, `/tool`, `/vm` …): tests keep to their own
@@ -15,8 +15,12 @@
 
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[path = "guest_relay.rs"]
+pub mod guest_relay;
 
 use xenstored::{Config, Daemon, DaemonHandle, Quotas};
 
@@ -52,7 +56,12 @@ pub struct DaemonUnderTest {
     guests: Vec<(u32, PathBuf)>,
     external: bool,
     in_process: Option<(tempfile::TempDir, DaemonHandle)>,
+    /// Relays started for `DOMID=relay` guests, kept for this daemon's life.
+    relays: RefCell<Vec<tempfile::TempDir>>,
 }
+
+/// The guest endpoint that means "through the relay agent in that guest".
+pub const RELAY: &str = "relay";
 
 impl DaemonUnderTest {
     /// The external daemon of the environment, else a fresh daemon of ours
@@ -86,6 +95,7 @@ impl DaemonUnderTest {
             guests,
             external: true,
             in_process: None,
+            relays: RefCell::default(),
         }
     }
 
@@ -108,6 +118,7 @@ impl DaemonUnderTest {
             guests,
             external: false,
             in_process: Some((dir, daemon)),
+            relays: RefCell::default(),
         }
     }
 
@@ -135,20 +146,23 @@ impl DaemonUnderTest {
         }
     }
 
-    /// Where guest `domid` connects. Panics, naming the variable, when the
+    /// Where guest `domid` connects: its socket, or for a `relay` guest a
+    /// relay socket started now. Panics, naming the variable, when the
     /// external daemon has no endpoint for it.
-    pub fn guest_endpoint(&self, domid: u32) -> &Path {
-        self.guests
-            .iter()
-            .find(|(d, _)| *d == domid)
-            .map(|(_, path)| path.as_path())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no endpoint for guest domain {domid}: set {GUESTS_ENV}={domid}=PATH \
-                     (a guest's socket of our daemon, or a PV guest's /dev/xen/xenbus), \
-                     or leave out the guest_ tests"
-                )
-            })
+    pub fn guest_endpoint(&self, domid: u32) -> PathBuf {
+        let Some((_, path)) = self.guests.iter().find(|(d, _)| *d == domid) else {
+            panic!(
+                "no endpoint for guest domain {domid}: set {GUESTS_ENV}={domid}=PATH \
+                 (a guest's socket of our daemon, or `{RELAY}` for a real guest running \
+                 the relay agent), or leave out the guest_ tests"
+            )
+        };
+        if path.as_os_str() != RELAY {
+            return path.clone();
+        }
+        let (dir, socket) = guest_relay::start_relay(&self.endpoint, domid);
+        self.relays.borrow_mut().push(dir);
+        socket
     }
 }
 
@@ -226,6 +240,7 @@ pub fn serve_if_asked(guests: &[u32]) {
 pub fn run_suite_against_separate_daemon(
     serve_test: &str,
     self_test: &str,
+    agent_test: Option<&str>,
     guests: &[u32],
     env: &[(&str, &str)],
 ) {
@@ -251,14 +266,41 @@ pub fn run_suite_against_separate_daemon(
         std::thread::sleep(Duration::from_millis(5));
     }
 
-    let guest_list: Vec<String> = guests
-        .iter()
-        .map(|d| format!("{d}={}", dir.path().join(format!("guest-{d}")).display()))
-        .collect();
+    // Guests are reached as on a real host: through a relay agent (this
+    // binary re-executed again) on the guest's own connection, in a home
+    // a toolstack made.
+    let mut agents = Vec::new();
+    let mut guest_list = Vec::new();
+    for domid in guests {
+        let guest_socket = dir.path().join(format!("guest-{domid}"));
+        let Some(agent_test) = agent_test else {
+            guest_list.push(format!("{domid}={}", guest_socket.display()));
+            continue;
+        };
+        let mut dom0 = xenstore::Client::connect_path(&socket).expect("dom0 connects");
+        let home = format!("/local/domain/{domid}");
+        dom0.mkdir(&home).unwrap();
+        dom0.set_perms(&home, &xenstore::Perms::owner_only(*domid))
+            .unwrap();
+        agents.push(
+            Command::new(&exe)
+                .args(["--exact", agent_test, "--nocapture", "--test-threads=1"])
+                .env(guest_relay::AGENT_ENV, &guest_socket)
+                .env_remove(DAEMON_ENV)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("re-exec test binary as a relay agent"),
+        );
+        guest_list.push(format!("{domid}={RELAY}"));
+    }
+    let mut skips = vec!["--skip", serve_test, "--skip", self_test];
+    if let Some(agent_test) = agent_test {
+        skips.extend(["--skip", agent_test]);
+    }
     let suite = |extra: &[&str]| {
         let mut cmd = Command::new(&exe);
         cmd.args(extra)
-            .args(["--skip", serve_test, "--skip", self_test])
+            .args(&skips)
             .env(DAEMON_ENV, &socket)
             .env(KIND_ENV, "diskseq")
             .env(GUESTS_ENV, guest_list.join(","));
@@ -269,8 +311,10 @@ pub fn run_suite_against_separate_daemon(
     };
     let listed = suite(&["--list"]);
     let run = suite(&[]);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    for mut child in agents.into_iter().chain([daemon]) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     let listed = String::from_utf8_lossy(&listed.stdout)
         .lines()

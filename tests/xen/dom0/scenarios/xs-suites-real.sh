@@ -3,8 +3,12 @@
 # sequences (crates/xenstored/tests/model.rs) — run as the built test
 # binaries against the real C xenstored of this dom0 (over its socket and,
 # for the client suite, over /dev/xen/xenbus) and against ours started here
-# on its own socket. Every selected test must pass against each daemon; the
-# per-suite counts are figures.
+# on its own socket. The client suite's guest_ tests run against the C
+# daemon with a real PV guest's connection: the guest runs the suite binary
+# as a relay agent on its own /dev/xen/xenbus (tests/xen/guest/relay-init),
+# and the suite in dom0 reaches it as XENSTORE_TEST_GUESTS=<domid>=relay.
+# Every selected test must pass against each daemon; the per-suite counts
+# are figures.
 #
 # Arguments: [model sequences per run] (PROPTEST_CASES, default 100).
 # shellcheck shell=bash
@@ -26,11 +30,11 @@ TEST_ROOT=/local/domain/0/diskseq-test
 # Tests that re-execute the binary to serve our daemon in another process:
 # the cargo suite's own check of the external mode, not a differential.
 SELF_TESTS=(--skip separate_daemon_process --skip suite_against_a_separate_daemon_process
-    --skip model_against_a_separate_daemon_process)
-# Left out against the C daemon, by name, and said so in the evidence:
-# guest_ tests need a guest domain's connection (a PV guest's own
-# /dev/xen/xenbus); no_hypervisor_ tests introduce a domain that does not
-# exist, which a daemon with a hypervisor refuses.
+    --skip model_against_a_separate_daemon_process --skip relay_agent_process)
+# Left out of the dom0-only runs against the C daemon, by name: guest_ tests
+# need a guest domain's connection (they run below, through the relay
+# guest); no_hypervisor_ tests introduce a domain that does not exist,
+# which a daemon with a hypervisor refuses.
 C_ONLY_SKIPS=(--skip guest_ --skip no_hypervisor_)
 
 mkdir -p "$OURS_DIR"
@@ -38,13 +42,16 @@ diskseq xenstored --socket "$OURS" --domain-socket "$OURS_GUEST=$OURS_DIR/guest"
     --pid-file "$OURS_DIR/pid" >"$XT_STATE/xs-suites-ours.log" 2>&1 &
 xt_check "our xenstored accepts connections" wait_for 10 test -S "$OURS"
 
-# run_suite <label> <binary> <endpoint> <kind> [test filter arguments...]
+# [GUESTS=<domid>=<endpoint>] run_suite <label> <binary> <endpoint> <kind> [test filter arguments...]
 # Runs the selected tests of one suite binary against one daemon; the check
-# passes only when every selected test ran and passed.
+# passes only when every selected test ran and passed. Our daemon's guest
+# is its simulated guest socket unless GUESTS says otherwise.
 run_suite() {
-    local label=$1 bin=$BIN/$2 endpoint=$3 kind=$4 listed summary passed failed rc start secs guests=
+    local label=$1 bin=$BIN/$2 endpoint=$3 kind=$4 listed summary passed failed rc start secs guests=${GUESTS:-}
     shift 4
-    [ "$kind" = diskseq ] && guests="$OURS_GUEST=$OURS_DIR/guest"
+    if [ "$kind" = diskseq ] && [ -z "$guests" ]; then
+        guests="$OURS_GUEST=$OURS_DIR/guest"
+    fi
     listed=$("$bin" --list "$@" 2>/dev/null | grep -c ': test$')
     start=$(ms_now)
     XENSTORE_TEST_DAEMON=$endpoint XENSTORE_TEST_DAEMON_KIND=$kind XENSTORE_TEST_GUESTS=$guests \
@@ -69,15 +76,43 @@ run_suite() {
 # all_ran_and_passed <exit status> <passed> <listed>
 all_ran_and_passed() { [ "$1" = 0 ] && [ "$2" = "$3" ] && [ "$3" -gt 0 ]; }
 
-xt_evidence "left out against the C daemon:$(
+xt_evidence "left out of the dom0-only runs against the C daemon:$(
     "$BIN/client_daemon" --list "${SELF_TESTS[@]}" 2>/dev/null | grep -E '^(guest_|no_hypervisor_)' | sed 's/: test$//' | tr '\n' ' '
-) (guest_: needs a PV guest's connection; no_hypervisor_: introduces a domain that does not exist)"
+) (guest_: run through the relay guest; no_hypervisor_: introduces a domain that does not exist)"
 
 run_suite client-c-socket client_daemon "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
 run_suite client-c-xenbus client_daemon "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
 run_suite client-ours client_daemon "$OURS" diskseq "${SELF_TESTS[@]}"
 run_suite model-c-socket model "$REAL" xen "${SELF_TESTS[@]}"
 run_suite model-ours model "$OURS" diskseq "${SELF_TESTS[@]}"
+
+# The guest_ tests against the C daemon, with a real PV guest's connection.
+relay_name=xs-relay
+cat /xentest/guest.cpio.gz /xentest/guest-suite.cpio.gz >"$XT_STATE/relay-guest.cpio.gz"
+cat >"$XT_STATE/relay-guest.cfg" <<EOF
+name = "$relay_name"
+type = "pv"
+kernel = "/xentest/vmlinuz"
+ramdisk = "$XT_STATE/relay-guest.cpio.gz"
+extra = "console=hvc0 rdinit=/relay-init loglevel=4"
+memory = 256
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "destroy"
+EOF
+start=$(ms_now)
+xt_check "xl create of the relay guest" xl create "$XT_STATE/relay-guest.cfg"
+domid=$(xl domid "$relay_name" 2>/dev/null)
+ready=/local/domain/${domid:-none}/data/xs-relay/ready
+if wait_for 150 xenstore-exists "$ready"; then
+    xt_figure relay_guest_ready_seconds "$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')"
+    GUESTS="$domid=relay" run_suite client-c-guest client_daemon "$REAL" xen "${SELF_TESTS[@]}" guest_
+else
+    xt_fail_check "the relay agent in guest ${domid:-?} never wrote $ready"
+fi
+xt_evidence_cmd "relay guest console" grep -a -E 'GUEST-RELAY|panicked|relay agent' \
+    "/var/log/xen/console/guest-$relay_name.log"
+xl destroy "$relay_name" 2>/dev/null
 
 # Every test removed its own nodes, on both daemons.
 for socket in "$REAL" "$OURS"; do
