@@ -502,8 +502,9 @@ fn remove_refuses_malformed_or_unprovable_records() {
     }
 }
 
-/// add reads its inputs in one pipelined transaction and publishes in a
-/// second; the counts are pinned so they cannot silently regress.
+/// add registers its watches, reads its inputs and starts its transaction
+/// in one round trip, then re-reads and publishes in that transaction; the
+/// counts are pinned so they cannot silently regress.
 #[test]
 fn add_and_remove_round_trips_are_pinned() {
     if !privileged() {
@@ -519,9 +520,9 @@ fn add_and_remove_round_trips_are_pinned() {
     let image = bed.image("rt.img", 4);
     let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
     bed.run("add", &backend, &via_counter).assert_ok();
-    // Inputs: START, one batch of reads with END behind them. Publish:
-    // START, one batch of reads and writes, END.
-    assert_eq!(trips(), 2 + 3, "add of a file");
+    // The watches, the reads and START in one batch; in the transaction,
+    // one batch of re-reads and writes; END.
+    assert_eq!(trips(), 1 + 2, "add of a file");
     bed.run("remove", &backend, &via_counter).assert_ok();
     // Read: START, batch + END. A persistent device (no backend here) is
     // marked before its detach: one WRITE. Withdraw: START, batch, RM, RM, END.
@@ -529,8 +530,9 @@ fn add_and_remove_round_trips_are_pinned() {
     bed.client().rm(&backend.frontend_dir()).unwrap();
 
     // A block device: every other vbd's record is read (here: none but
-    // ours exists). Publish: START, list the vbd root, list this
-    // frontend's vbds, one batch of reads, one batch of writes, END.
+    // ours exists). After the first batch, in the transaction: list the vbd
+    // root, list this frontend's vbds, one batch of reads, one batch of
+    // writes, END.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -546,7 +548,7 @@ fn add_and_remove_round_trips_are_pinned() {
     let device = bed.libxl_add(6, 768, held.path().to_str().unwrap().as_bytes(), "w");
     trips();
     bed.run("add", &device, &via_counter).assert_ok();
-    assert_eq!(trips(), 2 + 6, "add of a block device");
+    assert_eq!(trips(), 1 + 5, "add of a block device");
     // One more frontend domain costs one more listing.
     bed.libxl_add(7, 768, image.path_bytes(), "r");
     bed.run("remove", &device, &via_counter).assert_ok();
@@ -554,7 +556,7 @@ fn add_and_remove_round_trips_are_pinned() {
     let again = bed.libxl_add(8, 768, held.path().to_str().unwrap().as_bytes(), "w");
     trips();
     bed.run("add", &again, &via_counter).assert_ok();
-    assert_eq!(trips(), 2 + 7, "add of a block device, two frontends");
+    assert_eq!(trips(), 1 + 6, "add of a block device, two frontends");
     bed.run("remove", &again, &via_counter).assert_ok();
     drop(held);
     assert_no_loops(&image);

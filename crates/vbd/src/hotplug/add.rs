@@ -1,19 +1,30 @@
 //! `add`: read the inputs, open the target once, check sharing, publish the
 //! record in one transaction, then hold the device until the backend has it.
 //!
-//! Two transactions, each short: the first reads the inputs (2 round trips:
-//! start, one pipelined batch with the commit behind the reads); the second
-//! re-reads them together with every other vbd's record (the sharing scan),
-//! and writes the record (start, one directory listing per frontend domain
-//! plus one for the vbd root, one pipelined read batch, one pipelined write
-//! batch, commit; without a scan, reads and writes share one batch: 3). The
-//! device is opened and attached between the two, outside any transaction,
-//! so a transaction never spans a system call that can take long.
+//! The xenstore work is laid out for the fewest round trips the protocol
+//! allows. The first round trip registers the handoff watches, reads the
+//! inputs and starts the publishing transaction (a transaction id is only
+//! known from its START reply, so nothing of the transaction can ride with
+//! it). The device is then opened and attached from those values. The
+//! transaction reads the inputs again — so every input the script acted on
+//! is part of what the commit checks: a toolstack rewriting one meanwhile
+//! makes the commit fail, or the comparison with what was acted on does —
+//! and writes the record in the same batch (2), then commits (3). A file
+//! with no other user is published in those three round trips; a block
+//! device, or a file some other loop device is bound to, adds the reads of
+//! every other vbd's record (the sharing scan). The handoff then needs no
+//! round trip of its own: its watches were registered in the first, and the
+//! transaction's reads are its starting point.
 //!
 //! Reading every other record inside the publishing transaction is what
 //! makes the sharing check race-free without a global lock: if another add
 //! publishes in between, our commit fails with EAGAIN and the check runs
 //! again with its record in view.
+//!
+//! The transaction stays open while the device is attached (a few hundred
+//! microseconds, one `LOOP_CONFIGURE`). That costs nothing but the chance
+//! of a retry: xenstored transactions are optimistic, nobody waits for
+//! ours, and a conflict is an EAGAIN at commit.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -102,7 +113,15 @@ const INPUT_NODES: [&str; 8] = [
 /// Runs `add`.
 pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcome, AddFailure> {
     let backend = &cfg.backend;
-    let Some(inputs) = read_inputs(client, backend)? else {
+    let paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let watched = handoff::watched_nodes(backend);
+    let watches: Vec<(&str, &str)> = watched
+        .iter()
+        .map(|path| (path.as_str(), handoff::WATCH_TOKEN))
+        .collect();
+    let (values, tx) = client.watch_read_and_start_transaction(&watches, &refs)?;
+    let Some(inputs) = Inputs::parse(backend, &values)? else {
         log.line("add: physical-device already present; nothing to do");
         return Ok(AddOutcome::AlreadyPresent);
     };
@@ -142,10 +161,10 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
     };
     let publish_start = Instant::now();
     let autoclear = signal != Signal::None;
-    if !publish(client, backend, &inputs, &target, &host, autoclear, log)? {
+    let Some(known) = publish(tx, backend, &inputs, &target, &host, autoclear, log)? else {
         log.line("add: another run published physical-device first; dropping this device");
         return Ok(AddOutcome::AlreadyPresent);
-    }
+    };
     fault::point("after-publish");
     log.line(format_args!(
         "add: published physical-device {} diskseq {} (hex {}); host scan {:?}, transaction {:?}",
@@ -180,9 +199,15 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
                 "add: holding the device until {}",
                 handoff::describe(signal, record.physical_device)
             ));
-            let waited =
-                handoff::wait(client, backend, signal, record.physical_device, cfg.timeout)
-                    .map_err(published)?;
+            let waited = handoff::wait(
+                client,
+                backend,
+                signal,
+                record.physical_device,
+                cfg.timeout,
+                known,
+            )
+            .map_err(published)?;
             log.line(format_args!(
                 "add: backend holds the device after {waited:?}"
             ));
@@ -200,65 +225,82 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
     })
 }
 
-/// Reads and checks the inputs in one transaction; `None` when
-/// `physical-device` already exists.
-pub fn read_inputs(
-    client: &mut Client,
-    backend: &BackendPath,
-) -> Result<Option<Inputs>, HotplugError> {
-    let paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
-    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let values = client.read_many_atomically(&refs)?;
-    let schema = |source: SchemaError| HotplugError::Schema {
-        backend: backend.dir(),
-        source,
-    };
-    if let Some(raw_dev) = &values[0] {
-        check_existing_record(raw_dev, values[7].as_deref()).map_err(schema)?;
-        return Ok(None);
-    }
-    let required = |i: usize| {
-        values[i].clone().ok_or_else(|| {
-            schema(SchemaError::Missing {
-                node: INPUT_NODES[i].to_owned(),
-            })
-        })
-    };
-    check_waiting(backend, values[4].as_deref())?;
-    let raw_params = required(1)?;
-    let params = schema::absolute_path(node::PARAMS, &raw_params).map_err(schema)?;
-    let raw_mode = required(2)?;
-    let mode = Mode::from_node(&raw_mode).map_err(schema)?;
-    let frontend_id = schema::domid(node::FRONTEND_ID, &required(3)?).map_err(schema)?;
-    if frontend_id != backend.frontend_domid() {
-        return Err(schema(SchemaError::Invalid {
-            node: node::FRONTEND_ID.into(),
-            value: frontend_id.to_string(),
-            reason: format!(
-                "does not match the backend path's frontend {}",
-                backend.frontend_domid()
-            ),
-        }));
-    }
-    // `opened` = 1 with no physical-device: the backend holds a device from
-    // an earlier attempt and will not take another ("changing physical
-    // device not supported"); waiting for `opened` would end at once, on
-    // the wrong device.
-    if values[6].as_deref() == Some(b"1") {
-        return Err(HotplugError::NotWaiting {
+impl Inputs {
+    /// Checks the values of [`INPUT_NODES`], in that order; `None` when
+    /// `physical-device` already exists.
+    fn parse(
+        backend: &BackendPath,
+        values: &[Option<Vec<u8>>],
+    ) -> Result<Option<Inputs>, HotplugError> {
+        let schema = |source: SchemaError| HotplugError::Schema {
             backend: backend.dir(),
-            state: "opened = 1 (the backend already holds a device)".into(),
-        });
+            source,
+        };
+        if let Some(raw_dev) = &values[0] {
+            check_existing_record(raw_dev, values[7].as_deref()).map_err(schema)?;
+            return Ok(None);
+        }
+        let required = |i: usize| {
+            values[i].clone().ok_or_else(|| {
+                schema(SchemaError::Missing {
+                    node: INPUT_NODES[i].to_owned(),
+                })
+            })
+        };
+        check_waiting(backend, values[4].as_deref())?;
+        let raw_params = required(1)?;
+        let params = schema::absolute_path(node::PARAMS, &raw_params).map_err(schema)?;
+        let raw_mode = required(2)?;
+        let mode = Mode::from_node(&raw_mode).map_err(schema)?;
+        let frontend_id = schema::domid(node::FRONTEND_ID, &required(3)?).map_err(schema)?;
+        if frontend_id != backend.frontend_domid() {
+            return Err(schema(SchemaError::Invalid {
+                node: node::FRONTEND_ID.into(),
+                value: frontend_id.to_string(),
+                reason: format!(
+                    "does not match the backend path's frontend {}",
+                    backend.frontend_domid()
+                ),
+            }));
+        }
+        // `opened` = 1 with no physical-device: the backend holds a device
+        // from an earlier attempt and will not take another ("changing
+        // physical device not supported"); waiting for `opened` would end
+        // at once, on the wrong device.
+        if values[6].as_deref() == Some(b"1") {
+            return Err(HotplugError::NotWaiting {
+                backend: backend.dir(),
+                state: "opened = 1 (the backend already holds a device)".into(),
+            });
+        }
+        Ok(Some(Inputs {
+            raw_params,
+            params,
+            raw_mode,
+            mode,
+            frontend_id,
+            direct_io: schema::flag(values[5].as_deref()),
+            has_opened_node: values[6].is_some(),
+        }))
     }
-    Ok(Some(Inputs {
-        raw_params,
-        params,
-        raw_mode,
-        mode,
-        frontend_id,
-        direct_io: schema::flag(values[5].as_deref()),
-        has_opened_node: values[6].is_some(),
-    }))
+
+    /// The first input that differs from `acted_on` (what the device was
+    /// prepared from), if any.
+    fn changed_since(&self, acted_on: &Inputs) -> Option<&'static str> {
+        if self.raw_params != acted_on.raw_params {
+            Some(node::PARAMS)
+        } else if self.raw_mode != acted_on.raw_mode {
+            Some(node::MODE)
+        } else if self.frontend_id != acted_on.frontend_id {
+            Some(node::FRONTEND_ID)
+        } else if self.direct_io != acted_on.direct_io {
+            Some(node::DIRECT_IO_SAFE)
+        } else if self.has_opened_node != acted_on.has_opened_node {
+            Some(node::OPENED)
+        } else {
+            None
+        }
+    }
 }
 
 /// A record already there (the script ran twice, or another script wrote
@@ -390,24 +432,24 @@ impl HostUsers {
     }
 }
 
-/// Our own nodes re-read at publish time, before the other vbds' records.
-const RECHECK_NODES: [&str; 4] = [node::PHYSICAL_DEVICE, node::PARAMS, node::MODE, node::STATE];
-
-/// The publishing transaction; `false` when another run published first.
+/// The publishing transaction, started in the first round trip: its first
+/// run, and any re-run after EAGAIN. `None` when another run published
+/// first; else the values of `opened` and `state` as of the commit, where
+/// the handoff wait starts.
 ///
 /// Its reads, in one pipelined batch: our own inputs again and every other
 /// vbd's `physical-device`; then, only for records that name our disk, their
 /// `diskseq` and `mode` in a second batch (usually none). When no other vbd
 /// can hold the disk, the record's writes ride in the first batch.
 fn publish(
-    client: &mut Client,
+    tx: Transaction<'_>,
     backend: &BackendPath,
     inputs: &Inputs,
     target: &Target,
     host: &HostUsers,
     autoclear: bool,
     log: &mut Log,
-) -> Result<bool, HotplugError> {
+) -> Result<Option<handoff::Known>, HotplugError> {
     let record = target.record();
     let mut nodes = record.to_nodes();
     if autoclear && record.node.is_some() {
@@ -430,7 +472,7 @@ fn publish(
     let scan = check_sharing && host.vbds_may_hold;
     let mut skipped = Vec::new();
     let mut attempts = 0u32;
-    let result = client.transaction(|tx| -> Result<(), Halt> {
+    let result = tx.run(|tx| -> Result<handoff::Known, Halt> {
         attempts += 1;
         skipped.clear();
         let others = if scan {
@@ -438,7 +480,7 @@ fn publish(
         } else {
             Vec::new()
         };
-        let mut paths: Vec<String> = RECHECK_NODES.iter().map(|n| backend.node(n)).collect();
+        let mut paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
         paths.extend(others.iter().map(|o| o.node(node::PHYSICAL_DEVICE)));
         let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
         let values = if scan {
@@ -447,24 +489,21 @@ fn publish(
             fault::point("before-publish");
             tx.read_many_then_write(&refs, &items)?
         };
-        if values[0].is_some() {
+        let own = &values[..INPUT_NODES.len()];
+        let Some(now) = Inputs::parse(backend, own)? else {
             return Err(Halt::PublishedByAnother);
-        }
-        let changed = |node| HotplugError::InputsChanged {
-            backend: backend.dir(),
-            node,
         };
-        if values[1].as_deref() != Some(&inputs.raw_params[..]) {
-            return Err(changed(node::PARAMS).into());
+        if let Some(node) = now.changed_since(inputs) {
+            return Err(HotplugError::InputsChanged {
+                backend: backend.dir(),
+                node,
+            }
+            .into());
         }
-        if values[2].as_deref() != Some(&inputs.raw_mode[..]) {
-            return Err(changed(node::MODE).into());
-        }
-        check_waiting(backend, values[3].as_deref())?;
 
         if check_sharing {
             let mut candidates = Vec::new();
-            for (other, raw) in others.iter().zip(&values[RECHECK_NODES.len()..]) {
+            for (other, raw) in others.iter().zip(&values[INPUT_NODES.len()..]) {
                 match same_disk_record(raw.as_deref(), host) {
                     Ok(Some(dev)) => candidates.push((other, dev)),
                     Ok(None) => {}
@@ -497,7 +536,10 @@ fn publish(
             fault::point("before-publish");
             tx.write_many(&items)?;
         }
-        Ok(())
+        Ok(handoff::Known {
+            opened: own[6].clone(),
+            state: own[4].clone(),
+        })
     });
     for line in &skipped {
         log.line(format_args!(
@@ -510,8 +552,8 @@ fn publish(
         ));
     }
     match result {
-        Ok(()) => Ok(true),
-        Err(Halt::PublishedByAnother) => Ok(false),
+        Ok(known) => Ok(Some(known)),
+        Err(Halt::PublishedByAnother) => Ok(None),
         Err(Halt::Failed(e)) => Err(e),
     }
 }

@@ -65,49 +65,58 @@ pub fn sysfs_shows(dir: &Path, dev: DevNum) -> bool {
 /// How often the sysfs attribute is polled (sysfs attributes cannot be
 /// watched); the xenstore watch on `state` doubles as the sleep.
 const SYSFS_POLL: Duration = Duration::from_millis(5);
-const WATCH_TOKEN: &str = "block-diskseq-handoff";
+/// The token of the handoff watches.
+pub const WATCH_TOKEN: &str = "block-diskseq-handoff";
+
+/// The nodes the wait watches: `opened` and `state`. `add` registers the
+/// watches in its first round trip, before it knows which signal applies
+/// (a watch on a node that never changes costs nothing), so the wait needs
+/// no round trip of its own.
+pub fn watched_nodes(backend: &BackendPath) -> [String; 2] {
+    [backend.node(node::OPENED), backend.node(node::STATE)]
+}
+
+/// `opened` and `state` as the publishing transaction read them: their
+/// values at its commit, which came after the watches of
+/// [`watched_nodes`] were registered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// The `opened` node.
+    pub opened: Option<Vec<u8>>,
+    /// The `state` node.
+    pub state: Option<Vec<u8>>,
+}
 
 /// Waits until the backend proves it holds `dev`, the backend gives up, or
 /// `timeout` passes. Returns how long it waited.
 ///
-/// The watches stay registered on `client` (the script drops the
-/// connection right after, and with it the watches: two round trips saved).
+/// The watches of [`watched_nodes`] must be registered on `client` (with
+/// [`WATCH_TOKEN`]) before `known` was read; they stay registered (the
+/// script drops the connection right after, and with it the watches).
 pub fn wait(
     client: &mut Client,
     backend: &BackendPath,
     signal: &Signal,
     dev: DevNum,
     timeout: Duration,
+    known: Known,
 ) -> Result<Duration, HotplugError> {
     let start = Instant::now();
     let deadline = start + timeout;
-    let opened_path = backend.node(node::OPENED);
-    let state_path = backend.node(node::STATE);
+    let [opened_path, state_path] = watched_nodes(backend);
     if matches!(signal, Signal::None) {
         return Ok(Duration::ZERO);
     }
-    // The watches and the first reads of the nodes they cover go out in one
-    // batch (one round trip): each read follows its watch's registration,
-    // so a change is either in the value read or fires the watch after it.
-    let watches: &[(&str, &str)] = match signal {
-        Signal::Opened => &[(&opened_path, WATCH_TOKEN), (&state_path, WATCH_TOKEN)],
-        _ => &[(&state_path, WATCH_TOKEN)],
-    };
-    let reads: &[&str] = match signal {
-        Signal::Opened => &[&opened_path, &state_path],
-        _ => &[&state_path],
-    };
-    let mut first = client.watch_and_read_many(watches, reads)?;
-    // The batch's values, each used once in place of a read of its own.
-    let mut first_state: Option<Option<Vec<u8>>> = first.pop();
-    let mut first_opened: Option<Option<Vec<u8>>> = first.pop();
+    // The known values, each used once in place of a read of its own.
+    let mut first_state: Option<Option<Vec<u8>>> = Some(known.state);
+    let mut first_opened: Option<Option<Vec<u8>>> = Some(known.opened);
     super::fault::point("in-wait");
     // Which nodes to (re)read: both at first, then those a watch named.
     let (mut check_opened, mut check_state) = (true, true);
-    // Each watch fires once when registered, before the batch's reads are
-    // answered: those reads cover that event, so the first event of each
-    // watch needs no re-read (a later change fires the watch again).
-    let (mut opened_registered, mut state_registered) = (matches!(signal, Signal::Opened), true);
+    // Each watch fires once when registered, before `known` was read: those
+    // values cover that event, so the first event of each watch needs no
+    // re-read (a later change fires the watch again).
+    let (mut opened_registered, mut state_registered) = (true, true);
     loop {
         let done = match signal {
             Signal::Opened => {

@@ -375,31 +375,9 @@ impl Client {
     /// transaction is aborted and `f`'s error returned.
     pub fn transaction<T, E: From<Error>>(
         &mut self,
-        mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, E>,
+        f: impl FnMut(&mut Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut attempt = 1;
-        loop {
-            let mut tx = self.start_transaction()?;
-            let value = match f(&mut tx) {
-                Ok(value) => value,
-                Err(e) => {
-                    // The closure's error is what matters; a failed abort
-                    // only means the daemon already dropped the transaction.
-                    let _ = tx.abort();
-                    return Err(e);
-                }
-            };
-            match tx.commit() {
-                Ok(()) => return Ok(value),
-                Err(e)
-                    if e.errno() == Some(Errno::EAGAIN) && attempt < Transaction::MAX_ATTEMPTS =>
-                {
-                    retry_pause(attempt);
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.start_transaction()?.run(f)
     }
 
     /// Reads several nodes as one consistent view in two round trips
@@ -428,9 +406,61 @@ impl Client {
     /// which retries on conflict.
     pub fn start_transaction(&mut self) -> Result<Transaction<'_>> {
         let reply = self.request(MsgType::TransactionStart, 0, b"\0".to_vec(), None)?;
-        let text = Self::single_string(MsgType::TransactionStart, None, &reply)?;
-        let id = text
-            .parse::<u32>()
+        let id = Self::transaction_id(&reply)?;
+        Ok(Transaction::new(self, id))
+    }
+
+    /// Registers `watches`, reads `paths` outside any transaction and
+    /// starts a transaction, all in one round trip: for a caller that must
+    /// act on some values (open a device, say) before the transaction that
+    /// publishes the outcome, and re-reads them there to make them part of
+    /// what the commit checks. Every watch is registered before the reads
+    /// are answered, so a later change is either in the value read or
+    /// fires the watch after it. Missing nodes are `None`; the first
+    /// failure, in order, is returned (and the transaction, if started,
+    /// aborted).
+    pub fn watch_read_and_start_transaction(
+        &mut self,
+        watches: &[(&str, &str)],
+        paths: &[&str],
+    ) -> Result<(Vec<Option<Vec<u8>>>, Transaction<'_>)> {
+        for (path, token) in watches {
+            check_token(MsgType::Watch, path, token)?;
+        }
+        for path in paths {
+            store::ops::checked(MsgType::Read, path)?;
+        }
+        let requests: Vec<_> = watches
+            .iter()
+            .map(|(path, token)| (MsgType::Watch, wire::watch_payload(path, token), *path))
+            .chain(
+                paths
+                    .iter()
+                    .map(|path| (MsgType::Read, wire::path_payload(path), *path)),
+            )
+            .chain([(MsgType::TransactionStart, b"\0".to_vec(), "")])
+            .collect();
+        let mut outcomes = self.request_many(0, &requests)?;
+        let start = outcomes.pop().expect("one outcome per request");
+        // Started or not, the transaction is only handed out (or aborted on
+        // drop) once the other replies are known to be good.
+        let id = start.and_then(|reply| Self::transaction_id(&reply))?;
+        let tx = Transaction::new(self, id);
+        let reads = outcomes.split_off(watches.len());
+        outcomes
+            .into_iter()
+            .try_for_each(|outcome| outcome.map(drop))?;
+        let values = reads
+            .into_iter()
+            .map(store::ops::not_found_as_none)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((values, tx))
+    }
+
+    /// The id in a TRANSACTION_START reply.
+    fn transaction_id(reply: &[u8]) -> Result<u32> {
+        let text = Self::single_string(MsgType::TransactionStart, None, reply)?;
+        text.parse::<u32>()
             .ok()
             .filter(|id| *id != 0)
             .ok_or_else(|| {
@@ -441,8 +471,7 @@ impl Client {
                         "transaction id {text:?} is not a non-zero number"
                     )),
                 )
-            })?;
-        Ok(Transaction::new(self, id))
+            })
     }
 
     // ---- raw access ----
@@ -671,7 +700,7 @@ impl Iterator for Events<'_> {
 /// `[0, 50µs · 2^(attempt-1))`, capped at 20 ms — randomized exponential
 /// backoff, so clients that conflicted once do not conflict again in step.
 /// All attempts together wait at most about half a second.
-fn retry_pause(attempt: u32) {
+pub(crate) fn retry_pause(attempt: u32) {
     use std::hash::{BuildHasher, Hasher};
     const BASE_MICROS: u64 = 50;
     const CAP_MICROS: u64 = 20_000;

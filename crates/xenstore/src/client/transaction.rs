@@ -3,7 +3,7 @@
 use super::store::ops;
 use super::{Client, Error, ErrorKind, Result};
 use crate::perms::Perms;
-use crate::wire::{self, MsgType};
+use crate::wire::{self, Errno, MsgType};
 
 /// An open transaction on a [`Client`]. Its writes are invisible to others
 /// until [`commit`](Self::commit); dropping it uncommitted aborts it.
@@ -169,6 +169,46 @@ impl<'c> Transaction<'c> {
         let end = outcomes.pop().expect("one outcome per request");
         check_end_reply(&end?)?;
         outcomes.into_iter().map(ops::not_found_as_none).collect()
+    }
+
+    /// Runs `f` in this transaction and commits it; when the commit fails
+    /// with EAGAIN, `f` runs again in a fresh transaction after a short
+    /// random pause, as [`Client::transaction`] does (which is this, on a
+    /// transaction it starts). For a first transaction started some other
+    /// way, e.g. by [`Client::watch_read_and_start_transaction`]. When `f`
+    /// fails, the transaction is aborted and `f`'s error returned.
+    pub fn run<T, E: From<Error>>(
+        mut self,
+        mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut attempt = 1;
+        loop {
+            let value = match f(&mut self) {
+                Ok(value) => value,
+                Err(e) => {
+                    // The closure's error is what matters; a failed abort
+                    // only means the daemon already dropped the transaction.
+                    let _ = self.end(false);
+                    return Err(e);
+                }
+            };
+            match self.end(true) {
+                Ok(()) => return Ok(value),
+                Err(e) if e.errno() == Some(Errno::EAGAIN) && attempt < Self::MAX_ATTEMPTS => {
+                    super::retry_pause(attempt);
+                    attempt += 1;
+                    self.id = self.client.start_transaction()?.detach();
+                    self.finished = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The id, with the transaction left open: the caller takes it over.
+    fn detach(mut self) -> u32 {
+        self.finished = true;
+        self.id
     }
 
     /// Commits. EAGAIN means another client changed a node this transaction
