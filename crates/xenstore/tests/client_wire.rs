@@ -403,3 +403,89 @@ fn reply_with_a_foreign_request_id_is_a_protocol_error() {
     );
     daemon.finish();
 }
+
+#[test]
+fn watch_read_and_start_transaction_is_one_round_trip_and_run_retries_it() {
+    let daemon = FakeDaemon::start(|peer| {
+        // Everything of the first batch arrives before any reply is sent.
+        let watches = [peer.expect(MsgType::Watch), peer.expect(MsgType::Watch)];
+        let reads = [peer.expect(MsgType::Read), peer.expect(MsgType::Read)];
+        let start = peer.expect(MsgType::TransactionStart);
+        assert!(watches.iter().chain(&reads).all(|m| m.tx_id == 0));
+        for (watch, path) in watches.iter().zip(["/be/opened", "/be/state"]) {
+            assert_eq!(watch.payload, wire::watch_payload(path, "tok"));
+            peer.reply(watch, wire::OK_PAYLOAD);
+            peer.event(path, "tok");
+        }
+        peer.reply(&reads[0], b"0");
+        peer.error(&reads[1], Errno::ENOENT);
+        peer.reply(&start, b"7\0");
+        // The caller's transaction: first in the id START gave, then, after
+        // EAGAIN, in a fresh one.
+        for (id, verdict) in [(7, Some(Errno::EAGAIN)), (8, None)] {
+            if id != 7 {
+                let start = peer.expect(MsgType::TransactionStart);
+                assert_eq!(start.tx_id, 0);
+                peer.reply(&start, format!("{id}\0").as_bytes());
+            }
+            let write = peer.expect(MsgType::Write);
+            assert_eq!(write.tx_id, id);
+            peer.reply(&write, wire::OK_PAYLOAD);
+            let end = peer.expect(MsgType::TransactionEnd);
+            assert_eq!((end.tx_id, end.payload.as_slice()), (id, &b"T\0"[..]));
+            match verdict {
+                Some(e) => peer.error(&end, e),
+                None => peer.reply(&end, wire::OK_PAYLOAD),
+            }
+        }
+    });
+    let mut client = daemon.client();
+    let (values, tx) = client
+        .watch_read_and_start_transaction(
+            &[("/be/opened", "tok"), ("/be/state", "tok")],
+            &["/be/opened", "/be/missing"],
+        )
+        .unwrap();
+    assert_eq!(values, [Some(b"0".to_vec()), None]);
+    assert_eq!(tx.id(), 7);
+    let mut runs = 0;
+    let ran: Result<u32, xenstore::Error> = tx.run(|tx| {
+        runs += 1;
+        tx.write("/be/physical-device", "7:0")?;
+        Ok(runs)
+    });
+    assert_eq!(ran.unwrap(), 2);
+    // The registration events were queued, in order.
+    assert_eq!(
+        client.next_event(Some(Duration::ZERO)).unwrap(),
+        Some(event("/be/opened", "tok"))
+    );
+    assert_eq!(
+        client.next_event(Some(Duration::ZERO)).unwrap(),
+        Some(event("/be/state", "tok"))
+    );
+    daemon.finish();
+}
+
+#[test]
+fn a_failed_watch_or_read_aborts_the_transaction_started_with_it() {
+    let daemon = FakeDaemon::start(|peer| {
+        let watch = peer.expect(MsgType::Watch);
+        let read = peer.expect(MsgType::Read);
+        let start = peer.expect(MsgType::TransactionStart);
+        peer.error(&watch, Errno::EEXIST);
+        peer.reply(&read, b"v");
+        peer.reply(&start, b"5\0");
+        // Not handed out: aborted at once.
+        let end = peer.expect(MsgType::TransactionEnd);
+        assert_eq!((end.tx_id, end.payload.as_slice()), (5, &b"F\0"[..]));
+        peer.reply(&end, wire::OK_PAYLOAD);
+    });
+    let mut client = daemon.client();
+    let err = client
+        .watch_read_and_start_transaction(&[("/w", "tok")], &["/r"])
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::EEXIST));
+    assert_eq!((err.operation(), err.path()), ("WATCH", Some("/w")));
+    daemon.finish();
+}
