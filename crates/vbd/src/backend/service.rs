@@ -353,13 +353,11 @@ impl Backend {
             return Ok(());
         }
         let dir = path.dir();
-        let values = self.client.transaction(|tx| {
-            tx.read_many(&[
-                &format!("{dir}/{}", node::STATE),
-                &format!("{dir}/{}", node::FRONTEND),
-                &format!("{dir}/{}", node::FRONTEND_ID),
-            ])
-        })?;
+        let values = self.client.read_many_atomically(&[
+            &format!("{dir}/{}", node::STATE),
+            &format!("{dir}/{}", node::FRONTEND),
+            &format!("{dir}/{}", node::FRONTEND_ID),
+        ])?;
         let state = values[0]
             .as_deref()
             .and_then(|raw| XenbusState::from_node(raw).ok());
@@ -427,15 +425,13 @@ impl Backend {
         };
         let dir = device.dir.clone();
         let frontend = device.frontend.clone();
-        let values = self.client.transaction(|tx| {
-            tx.read_many(&[
-                &format!("{dir}/{}", node::PHYSICAL_DEVICE),
-                &format!("{dir}/{}", node::DISKSEQ),
-                &format!("{dir}/{}", node::MODE),
-                &format!("{frontend}/{}", node::frontend::DEVICE_TYPE),
-                &format!("{dir}/{}", node::DISCARD_ENABLE),
-            ])
-        })?;
+        let values = self.client.read_many_atomically(&[
+            &format!("{dir}/{}", node::PHYSICAL_DEVICE),
+            &format!("{dir}/{}", node::DISKSEQ),
+            &format!("{dir}/{}", node::MODE),
+            &format!("{frontend}/{}", node::frontend::DEVICE_TYPE),
+            &format!("{dir}/{}", node::DISCARD_ENABLE),
+        ])?;
         let mut values = values.into_iter();
         let mut next = || values.next().flatten();
         let snapshot = PhysicalSnapshot {
@@ -468,16 +464,14 @@ impl Backend {
         };
         let dir = device.dir.clone();
         let frontend = device.frontend.clone();
-        let values = self.client.transaction(|tx| {
-            tx.read_many(&[
-                &format!("{frontend}/{}", node::frontend::STATE),
-                &format!("{frontend}/{}", node::frontend::RING_REF),
-                &format!("{frontend}/{}", node::frontend::EVENT_CHANNEL),
-                &format!("{frontend}/{}", node::frontend::PROTOCOL),
-                &format!("{dir}/{}", node::ONLINE),
-                &format!("{dir}/{}", node::DISCARD_ENABLE),
-            ])
-        })?;
+        let values = self.client.read_many_atomically(&[
+            &format!("{frontend}/{}", node::frontend::STATE),
+            &format!("{frontend}/{}", node::frontend::RING_REF),
+            &format!("{frontend}/{}", node::frontend::EVENT_CHANNEL),
+            &format!("{frontend}/{}", node::frontend::PROTOCOL),
+            &format!("{dir}/{}", node::ONLINE),
+            &format!("{dir}/{}", node::DISCARD_ENABLE),
+        ])?;
         let state = values[0]
             .as_deref()
             .and_then(|raw| XenbusState::from_node(raw).ok())
