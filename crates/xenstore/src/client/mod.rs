@@ -275,12 +275,26 @@ impl Client {
         watches: &[(&str, &str)],
         paths: &[&str],
     ) -> Result<Vec<Option<Vec<u8>>>> {
+        let (outcomes, _) = self.watch_read_batch(watches, paths, Vec::new())?;
+        Self::watched_values(outcomes, watches.len())
+    }
+
+    /// One pipelined batch: `watches`, then reads of `paths`, then `tail`
+    /// (requests outside any transaction). The outcomes of the watches and
+    /// reads, in order, and those of `tail`.
+    fn watch_read_batch(
+        &mut self,
+        watches: &[(&str, &str)],
+        paths: &[&str],
+        tail: Vec<(MsgType, Vec<u8>, &str)>,
+    ) -> Result<(Outcomes, Outcomes)> {
         for (path, token) in watches {
             check_token(MsgType::Watch, path, token)?;
         }
         for path in paths {
             store::ops::checked(MsgType::Read, path)?;
         }
+        let tail_len = tail.len();
         let requests: Vec<_> = watches
             .iter()
             .map(|(path, token)| (MsgType::Watch, wire::watch_payload(path, token), *path))
@@ -289,9 +303,18 @@ impl Client {
                     .iter()
                     .map(|path| (MsgType::Read, wire::path_payload(path), *path)),
             )
+            .chain(tail)
             .collect();
         let mut outcomes = self.request_many(0, &requests)?;
-        let reads = outcomes.split_off(watches.len());
+        let tail = outcomes.split_off(outcomes.len() - tail_len);
+        Ok((outcomes, tail))
+    }
+
+    /// The read values of a [`watch_read_batch`](Self::watch_read_batch)
+    /// whose first `watches` outcomes are registrations: the first failure,
+    /// in order, or the values (missing nodes `None`).
+    fn watched_values(mut outcomes: Outcomes, watches: usize) -> Result<Vec<Option<Vec<u8>>>> {
+        let reads = outcomes.split_off(watches);
         outcomes
             .into_iter()
             .try_for_each(|outcome| outcome.map(drop))?;
@@ -424,36 +447,16 @@ impl Client {
         watches: &[(&str, &str)],
         paths: &[&str],
     ) -> Result<(Vec<Option<Vec<u8>>>, Transaction<'_>)> {
-        for (path, token) in watches {
-            check_token(MsgType::Watch, path, token)?;
-        }
-        for path in paths {
-            store::ops::checked(MsgType::Read, path)?;
-        }
-        let requests: Vec<_> = watches
-            .iter()
-            .map(|(path, token)| (MsgType::Watch, wire::watch_payload(path, token), *path))
-            .chain(
-                paths
-                    .iter()
-                    .map(|path| (MsgType::Read, wire::path_payload(path), *path)),
-            )
-            .chain([(MsgType::TransactionStart, b"\0".to_vec(), "")])
-            .collect();
-        let mut outcomes = self.request_many(0, &requests)?;
-        let start = outcomes.pop().expect("one outcome per request");
+        let start = (MsgType::TransactionStart, b"\0".to_vec(), "");
+        let (outcomes, mut tail) = self.watch_read_batch(watches, paths, vec![start])?;
         // Started or not, the transaction is only handed out (or aborted on
         // drop) once the other replies are known to be good.
-        let id = start.and_then(|reply| Self::transaction_id(&reply))?;
+        let id = tail
+            .pop()
+            .expect("one outcome per request")
+            .and_then(|reply| Self::transaction_id(&reply))?;
         let tx = Transaction::new(self, id);
-        let reads = outcomes.split_off(watches.len());
-        outcomes
-            .into_iter()
-            .try_for_each(|outcome| outcome.map(drop))?;
-        let values = reads
-            .into_iter()
-            .map(store::ops::not_found_as_none)
-            .collect::<Result<Vec<_>>>()?;
+        let values = Self::watched_values(outcomes, watches.len())?;
         Ok((values, tx))
     }
 
@@ -671,6 +674,9 @@ impl Client {
         })
     }
 }
+
+/// Each request's outcome in a pipelined batch, in order.
+type Outcomes = Vec<Result<Vec<u8>>>;
 
 /// Blocking iterator over a client's watch events.
 #[derive(Debug)]
