@@ -83,6 +83,27 @@ impl Peer {
         ));
     }
 
+    /// Serves a TRANSACTION_START (outside any transaction) with `id`.
+    fn start_transaction(&mut self, id: u32) {
+        let start = self.expect(MsgType::TransactionStart);
+        assert_eq!((start.tx_id, start.payload.as_slice()), (0, &b"\0"[..]));
+        self.reply(&start, format!("{id}\0").as_bytes());
+    }
+
+    /// Serves one WRITE and the commit of transaction `id`, answering the
+    /// commit with `verdict` (`None`: OK).
+    fn write_and_commit(&mut self, id: u32, verdict: Option<Errno>) {
+        let write = self.expect(MsgType::Write);
+        assert_eq!(write.tx_id, id);
+        self.reply(&write, wire::OK_PAYLOAD);
+        let end = self.expect(MsgType::TransactionEnd);
+        assert_eq!((end.tx_id, end.payload.as_slice()), (id, &b"T\0"[..]));
+        match verdict {
+            Some(e) => self.error(&end, e),
+            None => self.reply(&end, wire::OK_PAYLOAD),
+        }
+    }
+
     fn event(&mut self, path: &str, token: &str) {
         self.send(&Message::new(
             MsgType::WatchEvent,
@@ -257,19 +278,8 @@ fn transaction_reruns_the_closure_on_eagain() {
             (2, Some(Errno::EAGAIN)),
             (3, None),
         ] {
-            let start = peer.expect(MsgType::TransactionStart);
-            assert_eq!(start.payload, b"\0");
-            assert_eq!(start.tx_id, 0);
-            peer.reply(&start, format!("{id}\0").as_bytes());
-            let write = peer.expect(MsgType::Write);
-            assert_eq!(write.tx_id, id);
-            peer.reply(&write, wire::OK_PAYLOAD);
-            let end = peer.expect(MsgType::TransactionEnd);
-            assert_eq!((end.tx_id, end.payload.as_slice()), (id, &b"T\0"[..]));
-            match verdict {
-                Some(e) => peer.error(&end, e),
-                None => peer.reply(&end, wire::OK_PAYLOAD),
-            }
+            peer.start_transaction(id);
+            peer.write_and_commit(id, verdict);
         }
     });
     let mut client = daemon.client();
@@ -424,19 +434,9 @@ fn watch_read_and_start_transaction_is_one_round_trip_and_run_retries_it() {
         // EAGAIN, in a fresh one.
         for (id, verdict) in [(7, Some(Errno::EAGAIN)), (8, None)] {
             if id != 7 {
-                let start = peer.expect(MsgType::TransactionStart);
-                assert_eq!(start.tx_id, 0);
-                peer.reply(&start, format!("{id}\0").as_bytes());
+                peer.start_transaction(id);
             }
-            let write = peer.expect(MsgType::Write);
-            assert_eq!(write.tx_id, id);
-            peer.reply(&write, wire::OK_PAYLOAD);
-            let end = peer.expect(MsgType::TransactionEnd);
-            assert_eq!((end.tx_id, end.payload.as_slice()), (id, &b"T\0"[..]));
-            match verdict {
-                Some(e) => peer.error(&end, e),
-                None => peer.reply(&end, wire::OK_PAYLOAD),
-            }
+            peer.write_and_commit(id, verdict);
         }
     });
     let mut client = daemon.client();
