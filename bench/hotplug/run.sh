@@ -48,13 +48,27 @@ cleanup() {
 trap cleanup EXIT
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-# A static binary (glibc, static-pie): no dynamic loader, no libgcc_s/libc
-# symbol resolution at each start. Measured on this machine: 1.65 -> 1.12 ms
-# CPU per add, 81 -> 41 page faults (docs/benchmarks/hotplug.md). The flag
-# goes to the final crate only (`cargo rustc`): as RUSTFLAGS it would also
-# reach the proc-macro crates, which cannot be built static.
-cargo rustc --release --locked -p diskseq-cli --bin block-diskseq -- -C target-feature=+crt-static
-export BLOCK_DISKSEQ_BIN=$CARGO_TARGET_DIR/release/block-diskseq
+# The script is measured as it should be installed: a static binary, built
+# for musl (docs/install-xen.md). Measured on this machine: a static-pie
+# glibc binary spends 0.36-0.55 ms of CPU just starting (the dynamic one
+# twice that), a third of it in glibc's CPUID-based cache probing, and
+# every CPUID is a VM exit; the musl one starts in 0.12 ms, and 32 of them
+# at once take 8 ms instead of 19-26 (docs/benchmarks/hotplug.md). Without
+# rustup's musl target (offline), the glibc static-pie build is measured
+# instead and the bench says so.
+musl=x86_64-unknown-linux-musl
+if rustup target list --installed 2>/dev/null | grep -qx "$musl" ||
+    rustup target add "$musl" >/dev/null 2>&1; then
+    cargo build --release --locked -p diskseq-cli --bin block-diskseq --target "$musl"
+    export BLOCK_DISKSEQ_BIN=$CARGO_TARGET_DIR/$musl/release/block-diskseq
+    echo "block-diskseq: static, musl ($musl)"
+else
+    # The flag goes to the final crate only (`cargo rustc`): as RUSTFLAGS it
+    # would also reach the proc-macro crates, which cannot be built static.
+    cargo rustc --release --locked -p diskseq-cli --bin block-diskseq -- -C target-feature=+crt-static
+    export BLOCK_DISKSEQ_BIN=$CARGO_TARGET_DIR/release/block-diskseq
+    echo "block-diskseq: static-pie, glibc (rustup's $musl target is not available)"
+fi
 export STOCK_BLOCK_SCRIPT=$stock_dir/etc/xen/scripts/block
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
