@@ -7,7 +7,7 @@ mod hotplug_support;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
 
-use diskseq::{DevNum, DiskSeq, LoopOptions};
+use diskseq::{DevNum, DiskSeq};
 use hotplug_support::*;
 use vbd::schema::node;
 
@@ -120,18 +120,7 @@ fn block_device_targets_are_used_as_is_and_never_detached() {
     }
     let bed = Bed::new();
     let image = bed.image("blk.img", 4);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image.path)
-        .unwrap();
-    let held = attach_loop(
-        std::os::fd::AsFd::as_fd(&file),
-        &LoopOptions {
-            autoclear: true,
-            ..LoopOptions::default()
-        },
-    );
+    let held = image.attach_held(true);
     let params = held.path().display().to_string();
     for (fe, mode) in [(5, "r"), (6, "w")] {
         let backend = bed.libxl_add(fe, 768, params.as_bytes(), mode);
@@ -533,18 +522,7 @@ fn add_and_remove_round_trips_are_pinned() {
     // ours exists). After the first batch, in the transaction: list the vbd
     // root, list this frontend's vbds, one batch of reads, one batch of
     // writes, END.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image.path)
-        .unwrap();
-    let held = attach_loop(
-        std::os::fd::AsFd::as_fd(&file),
-        &LoopOptions {
-            autoclear: true,
-            ..LoopOptions::default()
-        },
-    );
+    let held = image.attach_held(true);
     let device = bed.libxl_add(6, 768, held.path().to_str().unwrap().as_bytes(), "w");
     trips();
     bed.run("add", &device, &via_counter).assert_ok();
@@ -588,15 +566,7 @@ fn read_only_block_device_with_mode_w_is_busy() {
     }
     let bed = Bed::new();
     let image = bed.image("ro-dev.img", 4);
-    let file = std::fs::File::open(&image.path).unwrap();
-    let held = attach_loop(
-        std::os::fd::AsFd::as_fd(&file),
-        &LoopOptions {
-            autoclear: true,
-            read_only: true,
-            ..LoopOptions::default()
-        },
-    );
+    let held = image.attach_held(false);
     let params = held.path().display().to_string();
     let backend = bed.libxl_add(5, 768, params.as_bytes(), "w");
     bed.run("add", &backend, &[]).assert_failed();
@@ -641,18 +611,7 @@ fn dev_mapper_targets_must_carry_their_dm_name() {
     }
     let bed = Bed::new();
     let image = bed.image("dm.img", 4);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image.path)
-        .unwrap();
-    let held = attach_loop(
-        std::os::fd::AsFd::as_fd(&file),
-        &LoopOptions {
-            autoclear: true,
-            ..LoopOptions::default()
-        },
-    );
+    let held = image.attach_held(true);
     let name = format!("diskseq-test-{}", std::process::id());
     let created_dir = std::fs::create_dir("/dev/mapper").is_ok();
     let link = std::path::Path::new("/dev/mapper").join(&name);

@@ -5,10 +5,8 @@
 
 mod hotplug_support;
 
-use std::os::fd::AsFd;
 use std::process::Command;
 
-use diskseq::LoopOptions;
 use hotplug_support::*;
 use vbd::schema::{node, BackendPath};
 
@@ -126,18 +124,7 @@ fn block_device_shared_between_guests_follows_the_matrix() {
     }
     let bed = Bed::new();
     let image = bed.image("shared-blk.img", 4);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image.path)
-        .unwrap();
-    let held = attach_loop(
-        file.as_fd(),
-        &LoopOptions {
-            autoclear: true,
-            ..Default::default()
-        },
-    );
+    let held = image.attach_held(true);
     let params = held.path().display().to_string();
     for (i, &(first, second, same_vm, allowed)) in FILE_MATRIX.iter().enumerate() {
         let (fa, fb) = (100 + 2 * i as u32, 101 + 2 * i as u32);
@@ -176,18 +163,7 @@ fn records_of_a_previous_instance_are_not_holders() {
     }
     let bed = Bed::new();
     let image = bed.image("reused.img", 4);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image.path)
-        .unwrap();
-    let held = attach_loop(
-        file.as_fd(),
-        &LoopOptions {
-            autoclear: true,
-            ..Default::default()
-        },
-    );
+    let held = image.attach_held(true);
     let params = held.path().display().to_string();
     let stale = bed.libxl_add(5, 768, params.as_bytes(), "w");
     bed.write(
@@ -217,18 +193,7 @@ fn stock_shared_file_bug_does_not_reproduce() {
     }
     let bed = Bed::new();
     let image = bed.image("host-rw.img", 4);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image.path)
-        .unwrap();
-    let host = attach_loop(
-        file.as_fd(),
-        &LoopOptions {
-            autoclear: true,
-            ..Default::default()
-        },
-    );
+    let host = image.attach_held(true);
     for mode in ["w", "r"] {
         let backend = bed.libxl_add(5, 768, image.path_bytes(), mode);
         bed.run("add", &backend, &[]).assert_failed();
@@ -246,15 +211,7 @@ fn stock_shared_file_bug_does_not_reproduce() {
     // A read-only host attachment admits read-only guests only.
     drop(host);
     assert_no_loops(&image);
-    let ro_file = std::fs::File::open(&image.path).unwrap();
-    let host_ro = attach_loop(
-        ro_file.as_fd(),
-        &LoopOptions {
-            autoclear: true,
-            read_only: true,
-            ..Default::default()
-        },
-    );
+    let host_ro = image.attach_held(false);
     let reader = bed.libxl_add(6, 768, image.path_bytes(), "r");
     bed.run("add", &reader, &[]).assert_ok();
     let writer = bed.libxl_add(7, 768, image.path_bytes(), "w");
@@ -294,18 +251,7 @@ fn host_mounts_of_an_ext4_image_block_writers_and_rw_mounts_block_readers() {
         .status()
         .unwrap();
     assert!(ok.success());
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image.path)
-        .unwrap();
-    let dev = attach_loop(
-        file.as_fd(),
-        &LoopOptions {
-            autoclear: true,
-            ..Default::default()
-        },
-    );
+    let dev = image.attach_held(true);
     let params = dev.path().display().to_string();
     let mnt = bed.dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -366,7 +312,6 @@ fn host_mounts_of_an_ext4_image_block_writers_and_rw_mounts_block_readers() {
     bed.run("remove", &waived, &[]).assert_ok();
     drop(mounted);
     drop(dev);
-    drop(file);
     assert_no_loops(&image);
 }
 
@@ -381,18 +326,7 @@ fn concurrent_read_write_adds_of_one_disk_admit_at_most_one() {
     const GUESTS: u32 = 8;
     let bed = Bed::new();
     let image = bed.image("race.img", 4);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image.path)
-        .unwrap();
-    let held = attach_loop(
-        file.as_fd(),
-        &LoopOptions {
-            autoclear: true,
-            ..Default::default()
-        },
-    );
+    let held = image.attach_held(true);
     let device_path = held.path().display().to_string();
     for (round, params) in [image.path_bytes().to_vec(), device_path.into_bytes()]
         .into_iter()

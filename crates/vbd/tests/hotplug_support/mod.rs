@@ -322,6 +322,24 @@ impl Image {
         use std::os::unix::ffi::OsStrExt;
         self.path.as_os_str().as_bytes()
     }
+
+    /// A loop device of the test's own on this file, writable or not, with
+    /// autoclear: a block device to hand the script, gone with the value.
+    pub fn attach_held(&self, writable: bool) -> diskseq::LoopDevice {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&self.path)
+            .unwrap();
+        attach_loop(
+            file.as_fd(),
+            &diskseq::LoopOptions {
+                autoclear: true,
+                read_only: !writable,
+                ..Default::default()
+            },
+        )
+    }
 }
 
 impl Drop for Image {
