@@ -666,6 +666,20 @@ mod tests {
         (fx, seen)
     }
 
+    /// A probed machine that opened a record (7:0, diskseq 2a, w); the
+    /// counter counts closes of its disk.
+    fn holding() -> (VbdMachine<FakeDisk>, Arc<AtomicUsize>) {
+        let closes = Arc::new(AtomicUsize::new(0));
+        let mut m = probed();
+        open_ok(
+            &mut m,
+            &snapshot(Some("7:0"), Some("2a"), "w"),
+            DiskseqPolicy::Verify,
+            &closes,
+        );
+        (m, closes)
+    }
+
     fn position(fx: &[Effect], want: &Effect) -> usize {
         fx.iter()
             .position(|e| e == want)
@@ -896,14 +910,7 @@ mod tests {
 
     #[test]
     fn a_changed_physical_device_is_logged_and_ignored() {
-        let closes = Arc::new(AtomicUsize::new(0));
-        let mut m = probed();
-        open_ok(
-            &mut m,
-            &snapshot(Some("7:0"), Some("2a"), "w"),
-            DiskseqPolicy::Verify,
-            &closes,
-        );
+        let (mut m, closes) = holding();
         let fx = m.on_physical_device(
             &snapshot(Some("7:1"), Some("2c"), "w"),
             DiskseqPolicy::Verify,
@@ -921,19 +928,13 @@ mod tests {
             |_| panic!("reopened"),
         );
         assert_eq!(fx, []);
+        assert_eq!(closes.load(Ordering::SeqCst), 0, "the held disk stays open");
         assert_eq!(m.physical_device(), Some(DevNum { major: 7, minor: 0 }));
     }
 
     #[test]
     fn close_sequence_releases_the_disk_only_when_offline() {
-        let closes = Arc::new(AtomicUsize::new(0));
-        let mut m = probed();
-        open_ok(
-            &mut m,
-            &snapshot(Some("7:0"), Some("2a"), "w"),
-            DiskseqPolicy::Verify,
-            &closes,
-        );
+        let (mut m, closes) = holding();
         m.on_frontend(&frontend(Initialised, true));
         assert_eq!(
             m.on_frontend(&frontend(Closing, true)),
@@ -956,14 +957,7 @@ mod tests {
 
     #[test]
     fn detach_from_connected_releases_before_closed() {
-        let closes = Arc::new(AtomicUsize::new(0));
-        let mut m = probed();
-        open_ok(
-            &mut m,
-            &snapshot(Some("7:0"), Some("2a"), "w"),
-            DiskseqPolicy::Verify,
-            &closes,
-        );
+        let (mut m, closes) = holding();
         m.on_frontend(&frontend(Initialised, true));
         let fx = m.on_frontend(&frontend(Closed, false));
         assert_eq!(
@@ -979,14 +973,7 @@ mod tests {
 
     #[test]
     fn removed_dir_releases_without_writing() {
-        let closes = Arc::new(AtomicUsize::new(0));
-        let mut m = probed();
-        open_ok(
-            &mut m,
-            &snapshot(Some("7:0"), Some("2a"), "w"),
-            DiskseqPolicy::Verify,
-            &closes,
-        );
+        let (mut m, closes) = holding();
         assert_eq!(m.on_removed(), [Effect::DiskReleased, Effect::Unregister]);
         assert_eq!(closes.load(Ordering::SeqCst), 1);
         assert_eq!(m.on_removed(), []);
@@ -994,14 +981,7 @@ mod tests {
 
     #[test]
     fn vanished_frontend_unregisters() {
-        let closes = Arc::new(AtomicUsize::new(0));
-        let mut m = probed();
-        open_ok(
-            &mut m,
-            &snapshot(Some("7:0"), Some("2a"), "w"),
-            DiskseqPolicy::Verify,
-            &closes,
-        );
+        let (mut m, closes) = holding();
         let fx = m.on_frontend(&frontend(Unknown, true));
         assert_eq!(
             fx,
