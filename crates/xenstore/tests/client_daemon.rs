@@ -15,7 +15,11 @@
 //! leaves them out explicitly (`--skip`) rather than having them skip:
 //! - `guest_…` need a guest domain's endpoint (`XENSTORE_TEST_GUESTS`);
 //! - `no_hypervisor_…` introduce domains that do not exist, which only a
-//!   daemon without a hypervisor (ours) accepts.
+//!   daemon without a hypervisor (ours) accepts;
+//! - `own_connection_…` act on the whole connection (RESET_WATCHES drops
+//!   its watches and transactions): over `/dev/xen/xenbus` that is the
+//!   kernel's one connection, shared by every user of the device and by the
+//!   kernel's own watches (blkback's, in dom0), so they run over sockets.
 
 #[path = "../../xenstored/tests/common/daemon_under_test.rs"]
 mod daemon_under_test;
@@ -244,6 +248,103 @@ fn guest_permissions_round_trip_and_bind_a_guest() {
     guest.rm(&own).unwrap();
 }
 
+/// The daemon's limit on path length: 2048 bytes (`XENSTORE_REL_PATH_MAX`)
+/// counted below a domain's home, or of the whole path elsewhere.
+const PATH_LEN_MAX: usize = 2048;
+
+/// `base/aaa…/aaa…` of exactly `len` bytes, `base` included. Names of at
+/// most 101 bytes: a long child name would make its parent's record
+/// exceed a guest's entry-size quota first.
+fn path_of_len(base: &str, len: usize) -> String {
+    let mut path = base.to_string();
+    while path.len() < len {
+        let room = len - path.len() - 1;
+        path.push('/');
+        path.push_str(&"a".repeat(if room > 101 { 100 } else { room }));
+    }
+    path
+}
+
+#[test]
+fn path_length_limit_below_a_home_and_elsewhere() {
+    let bed = Bed::start("path-len");
+    let mut c = bed.dom0();
+    let below_home = |len: usize| format!("{DOM0_HOME}/{}", path_of_len(&bed.relative(""), len));
+    c.write(&below_home(PATH_LEN_MAX), "").unwrap();
+    assert_eq!(
+        c.write(&below_home(PATH_LEN_MAX + 1), "")
+            .unwrap_err()
+            .errno(),
+        Some(Errno::EINVAL)
+    );
+    // Outside any home the whole path counts: a top-level node of its own.
+    let top = format!("/diskseq-test-{}-path-len", std::process::id());
+    c.write(&path_of_len(&top, PATH_LEN_MAX), "").unwrap();
+    let err = c
+        .write(&path_of_len(&top, PATH_LEN_MAX + 1), "")
+        .unwrap_err();
+    c.rm(&top).unwrap();
+    assert_eq!(err.errno(), Some(Errno::EINVAL));
+}
+
+/// A guest's quotas at the daemons' defaults, where a real guest's count
+/// does not depend on what its kernel and toolstack hold (entries and
+/// watches do, so they stay in crates/xenstored/tests/isolation.rs).
+#[test]
+fn guest_quotas_entry_size_open_transactions_path_length() {
+    let bed = Bed::start("guest-quotas");
+    let mut guest = bed.guest();
+    let own = format!("data/{}", bed.relative("").rsplit('/').next().unwrap());
+
+    // Entry size: the C daemon's record — a 24-byte header, 8 bytes per
+    // permission (one, inherited), the value — must stay below 2048 bytes.
+    let v = format!("{own}/v");
+    guest.write(&v, vec![b'x'; 2048 - 24 - 8 - 1]).unwrap();
+    assert_eq!(
+        guest
+            .write(&v, vec![b'x'; 2048 - 24 - 8])
+            .unwrap_err()
+            .errno(),
+        Some(Errno::ENOSPC)
+    );
+
+    // Open transactions per connection: the quota is 10, and the C daemon
+    // refuses only once a connection has more than that open, so 11.
+    let start = xenstore::MsgType::TransactionStart as u32;
+    let mut open = Vec::new();
+    let refused = loop {
+        let reply = guest.send_raw(start, 0, b"\0").unwrap();
+        if reply.msg_type == xenstore::MsgType::Error as u32 || open.len() > 20 {
+            break reply;
+        }
+        let id = String::from_utf8_lossy(&reply.payload);
+        open.push(id.trim_end_matches('\0').parse::<u32>().unwrap());
+    };
+    assert_eq!(
+        xenstore::wire::parse_error_payload(&refused.payload),
+        Some(Errno::ENOSPC),
+        "after {} transactions",
+        open.len()
+    );
+    assert_eq!(open.len(), 11, "open transactions a guest may have");
+    for id in open {
+        guest
+            .send_raw(xenstore::MsgType::TransactionEnd as u32, id, b"F\0")
+            .unwrap();
+    }
+
+    // Path length, counted below the guest's home.
+    guest.write(&path_of_len(&own, PATH_LEN_MAX), "").unwrap();
+    assert_eq!(
+        guest
+            .write(&path_of_len(&own, PATH_LEN_MAX + 1), "")
+            .unwrap_err()
+            .errno(),
+        Some(Errno::EINVAL)
+    );
+    guest.rm(&own).unwrap();
+}
+
 #[test]
 fn watches_fire_at_once_then_on_changes_below() {
     let bed = Bed::start("watch");
@@ -350,7 +451,7 @@ fn relative_watches_report_relative_paths() {
 const ABSENT_DOMAIN: u32 = 32000;
 
 #[test]
-fn special_watches_fire_at_once_and_reset_watches_drops_all() {
+fn special_watches_fire_at_once() {
     let bed = Bed::start("special-watch");
     let mut c = bed.dom0();
     c.watch("@introduceDomain", "in").unwrap();
@@ -369,7 +470,12 @@ fn special_watches_fire_at_once_and_reset_watches_drops_all() {
         c.introduce(ABSENT_DOMAIN, 0, 0).unwrap_err().errno(),
         Some(Errno::EINVAL)
     );
+}
 
+#[test]
+fn own_connection_reset_watches_drops_all() {
+    let bed = Bed::start("reset-watches");
+    let mut c = bed.dom0();
     let r = bed.path("/r");
     c.watch(&r, "r").unwrap();
     assert_eq!(c.next_event(EVENT_WAIT).unwrap(), Some(event(&r, "r")));

@@ -18,14 +18,18 @@ pub struct Quotas {
     pub entry_size: usize,
     /// Watches per domain (`-W`): E2BIG.
     pub watches: usize,
-    /// Open transactions per connection (`-t`): ENOSPC.
+    /// Open transactions per connection (`-t`): ENOSPC once a connection
+    /// already has more than this many open — so one more than the quota
+    /// succeeds, as with the C daemon.
     pub transactions: usize,
     /// Replies a connection may have queued unread before the daemon stops
     /// reading its requests (`-Q outstanding`). A guest that never reads
     /// cannot make the daemon buffer without bound.
     pub outstanding: usize,
-    /// Longest path below the domain's home (`-M`, counted without the
-    /// `/local/domain/<domid>/` prefix, as the C daemon does): EINVAL.
+    /// Longest path below a domain's home (`-M`, counted without the
+    /// `/local/domain/<domid>/` prefix, the whole path elsewhere, as the C
+    /// daemon does): EINVAL. Applies to every caller, dom0 included (Xen
+    /// 4.17 exempts no one).
     pub path_len: usize,
 }
 

@@ -13,11 +13,15 @@
 //!   `req`, waits for the matching `rep` and passes the reply back.
 //!
 //! So the daemon sees the test's requests exactly as the guest's, with the
-//! guest's privileges and quotas; only watch events on the relayed
-//! connection are not passed on (no test needs them there). Frames carry an
+//! guest's privileges and quotas. What differs from a connection of its
+//! own: watch events on the relayed connection are not passed on (no test
+//! needs them there), and the relayed connections of one test process share
+//! the agent's one connection (one request at a time), so per-connection
+//! state — open transactions — is the sum of theirs. Frames carry an
 //! 8-byte sequence number in front, so a stale `rep` is never taken for a
-//! new one. A frame must fit a node value a guest may write (the relay
-//! answers a larger one with E2BIG).
+//! new one. A request frame must fit a node value dom0 may write, a reply
+//! one a value the guest may write (its entry-size quota); beyond that the
+//! relay answers E2BIG in the daemon's place.
 
 #![allow(dead_code)]
 
@@ -25,6 +29,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use xenstore::wire::{Message, MsgType};
@@ -36,8 +41,13 @@ pub const AGENT_ENV: &str = "XENSTORE_TEST_RELAY_AGENT";
 /// The relay's nodes, relative to the guest's home (`data` is the subtree a
 /// toolstack leaves writable to the guest).
 const BASE: &str = "data/xs-relay";
-/// Largest relayed frame: below the guests' entry-size quota.
-const FRAME_MAX: usize = 1900;
+/// Largest relayed request frame: a node value (4096 bytes) less the
+/// sequence number.
+const REQUEST_MAX: usize = 4096 - 8;
+/// Largest relayed reply frame: the guest's record for `rep` (24-byte
+/// header, 8 per permission, the value with its sequence number) must stay
+/// below the default entry-size quota of 2048 bytes.
+const REPLY_MAX: usize = 2000;
 const REPLY_WAIT: Duration = Duration::from_secs(60);
 
 /// A stream to a xenstore daemon: a socket, or a device opened read-write
@@ -53,6 +63,21 @@ fn open_stream(path: &Path) -> io::Result<Box<dyn ReadWrite>> {
 
 trait ReadWrite: Read + Write + Send {}
 impl<T: Read + Write + Send> ReadWrite for T {}
+
+/// An E2BIG error frame answering `frame` (a request or its reply: both
+/// carry the request's ids).
+fn e2big(frame: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; xenstore::wire::HEADER_SIZE];
+    header.copy_from_slice(&frame[..xenstore::wire::HEADER_SIZE]);
+    let header = xenstore::wire::Header::decode(&header);
+    Message::new(
+        MsgType::Error,
+        header.req_id,
+        header.tx_id,
+        b"E2BIG\0".to_vec(),
+    )
+    .encode()
+}
 
 fn with_seq(seq: u64, frame: &[u8]) -> Vec<u8> {
     let mut value = seq.to_be_bytes().to_vec();
@@ -91,14 +116,17 @@ pub fn run_agent(endpoint: &Path) -> Result<(), String> {
         }
         last = Some(seq);
         guest.write_all(frame).map_err(|e| fail("forward", &e))?;
-        let reply = loop {
+        let mut reply = loop {
             let reply = Message::read_from(&mut guest).map_err(|e| fail("reply", &e))?;
             if reply.msg_type != MsgType::WatchEvent as u32 {
-                break reply;
+                break reply.encode();
             }
         };
+        if reply.len() > REPLY_MAX {
+            reply = e2big(&reply);
+        }
         control
-            .write(&rep, with_seq(seq, &reply.encode()))
+            .write(&rep, with_seq(seq, &reply))
             .map_err(|e| fail(&rep, &e))?;
     }
 }
@@ -122,22 +150,21 @@ pub fn start_relay(dom0_endpoint: &Path, domid: u32) -> (tempfile::TempDir, Path
     let socket = dir.path().join(format!("guest-{domid}"));
     let listener = UnixListener::bind(&socket).expect("relay socket");
     std::thread::spawn(move || {
-        let mut seq = 0u64;
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             // A failed relay ends that connection; the test sees it closed.
-            let _ = relay_connection(&mut dom0, &base, &mut stream, &mut seq);
+            let _ = relay_connection(&mut dom0, &base, &mut stream);
         }
     });
     (dir, socket)
 }
 
-fn relay_connection(
-    dom0: &mut Client,
-    base: &str,
-    stream: &mut UnixStream,
-    seq: &mut u64,
-) -> Result<(), String> {
+/// The last sequence number used, and the right to use the one agent:
+/// tests running side by side each have a relay, and their exchanges must
+/// not interleave on the agent's single pair of nodes.
+static EXCHANGE: Mutex<u64> = Mutex::new(0);
+
+fn relay_connection(dom0: &mut Client, base: &str, stream: &mut UnixStream) -> Result<(), String> {
     let (req, rep) = (format!("{base}/req"), format!("{base}/rep"));
     dom0.watch(&rep, "rep").map_err(|e| e.to_string())?;
     let result = (|| loop {
@@ -146,18 +173,15 @@ fn relay_connection(
             Err(_) => return Ok(()), // the test closed its connection
         };
         let frame = request.encode();
-        if frame.len() > FRAME_MAX {
-            let e2big = Message::new(
-                MsgType::Error,
-                request.req_id,
-                request.tx_id,
-                b"E2BIG\0".to_vec(),
-            );
+        if frame.len() > REQUEST_MAX {
             stream
-                .write_all(&e2big.encode())
+                .write_all(&e2big(&frame))
                 .map_err(|e| e.to_string())?;
             continue;
         }
+        let mut seq = EXCHANGE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *seq += 1;
         dom0.write(&req, with_seq(*seq, &frame))
             .map_err(|e| e.to_string())?;
@@ -176,6 +200,7 @@ fn relay_connection(
                 return Err(format!("no reply in {rep} to request {seq}"));
             }
         };
+        drop(seq);
         stream.write_all(&reply).map_err(|e| e.to_string())?;
     })();
     let _ = dom0.unwatch(&rep, "rep");
