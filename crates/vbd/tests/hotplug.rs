@@ -540,6 +540,61 @@ fn add_and_remove_round_trips_are_pinned() {
     assert_no_loops(&image);
 }
 
+/// The inputs are read before the device is prepared and again inside the
+/// publishing transaction: a toolstack that rewrites one in between makes
+/// the add fail cleanly, and a record another run published meanwhile wins.
+#[test]
+fn inputs_rewritten_while_the_device_is_prepared() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("changed.img", 4);
+    let other = bed.image("other.img", 4);
+    let other_params = image_path(&other.path);
+    let rewrites: [(&str, &str); 3] = [
+        (node::MODE, "r"),
+        (node::PARAMS, &other_params),
+        (node::FRONTEND_ID, "6"),
+    ];
+    for (i, (name, value)) in rewrites.into_iter().enumerate() {
+        let backend = bed.libxl_add(5 + i as u32, 768, image.path_bytes(), "w");
+        let run = bed.run_interrupted("add", &backend, "after-attach", || {
+            bed.write(&backend, name, value);
+        });
+        run.assert_failed();
+        let error = bed.read(&backend, node::HOTPLUG_ERROR).unwrap_or_default();
+        assert!(
+            error.contains(&format!(
+                "{name} changed while the device was being prepared"
+            )) || (name == node::FRONTEND_ID && error.contains("frontend-id")),
+            "{name}: {error}"
+        );
+        assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None, "{name}");
+        assert_eq!(bed.read(&backend, node::DISKSEQ), None, "{name}");
+        assert_no_loops(&image);
+        assert_no_loops(&other);
+    }
+
+    // Another run published first: ours drops its device and succeeds.
+    let backend = bed.libxl_add(9, 768, image.path_bytes(), "w");
+    let run = bed.run_interrupted("add", &backend, "after-attach", || {
+        bed.write(&backend, node::DISKSEQ, "2a");
+        bed.write(&backend, node::PHYSICAL_DEVICE, "fe:0");
+    });
+    run.assert_ok();
+    assert!(
+        run.log.contains("published physical-device first"),
+        "{}",
+        run.log
+    );
+    assert_eq!(
+        bed.read(&backend, node::PHYSICAL_DEVICE).as_deref(),
+        Some("fe:0")
+    );
+    assert_no_loops(&image);
+}
+
 #[test]
 fn absolute_xenbus_path_works_like_the_relative_one() {
     if !privileged() {

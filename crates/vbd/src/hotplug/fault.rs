@@ -1,8 +1,10 @@
 //! Test-only fault injection: with the `fault-injection` feature, the script
 //! SIGKILLs itself at the named step when `BLOCK_DISKSEQ_FAULT=<step>`, so
 //! tests can prove that a script killed anywhere (as libxl does after 40 s)
-//! leaks no loop device and leaves no partial record. Without the feature
-//! every call compiles to nothing.
+//! leaks no loop device and leaves no partial record. With
+//! `BLOCK_DISKSEQ_FAULT=stop:<step>` it SIGSTOPs itself there instead, so a
+//! test can change xenstore at exactly that point and SIGCONT it. Without
+//! the feature every call compiles to nothing.
 //!
 //! Steps, in the order `add` reaches them: `after-read`, `after-open`,
 //! `after-attach`, `before-publish`, `after-publish`, `in-wait`; `remove`
@@ -22,17 +24,24 @@ pub const STEPS: &[&str] = &[
     "after-detach",
 ];
 
-/// Dies by SIGKILL here if the environment asks for it (feature-gated).
+/// Dies by SIGKILL, or stops until SIGCONT, here if the environment asks
+/// for it (feature-gated).
 #[inline]
 pub fn point(step: &'static str) {
     debug_assert!(STEPS.contains(&step), "unknown fault step {step}");
     #[cfg(feature = "fault-injection")]
-    if std::env::var_os(ENV_FAULT).is_some_and(|v| v == step) {
-        // SIGKILL cannot be caught: nothing after this line runs, exactly
-        // like libxl's timeout kill.
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        // kill(2) on ourselves delivers before returning; never reached.
-        std::process::abort();
+    if let Some(fault) = std::env::var_os(ENV_FAULT) {
+        use rustix::process::{getpid, kill_process, Signal};
+        if fault == step {
+            // SIGKILL cannot be caught: nothing after this line runs,
+            // exactly like libxl's timeout kill.
+            let _ = kill_process(getpid(), Signal::KILL);
+            // kill(2) on ourselves delivers before returning; never reached.
+            std::process::abort();
+        }
+        if fault.to_str().and_then(|f| f.strip_prefix("stop:")) == Some(step) {
+            // Delivered before kill(2) returns: the script resumes here.
+            let _ = kill_process(getpid(), Signal::STOP);
+        }
     }
 }

@@ -192,6 +192,41 @@ impl Bed {
         run
     }
 
+    /// Runs the script with fault injection stopping it at `step`
+    /// (`BLOCK_DISKSEQ_FAULT=stop:<step>`), runs `meanwhile` while it is
+    /// stopped there, then lets it go on. Fails the test if the script
+    /// never reaches `step`.
+    pub fn run_interrupted(
+        &self,
+        cmd: &str,
+        backend: &BackendPath,
+        step: &str,
+        meanwhile: impl FnOnce(),
+    ) -> Run {
+        use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
+        let fault = format!("stop:{step}");
+        let mut command = self.script_command(cmd, backend, &[("BLOCK_DISKSEQ_FAULT", &fault)]);
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let before = self.log_text().len();
+        let child = command.spawn().expect("spawn the script");
+        let pid = Pid::from_child(&child);
+        // UNTRACED reports the stop without reaping: the child stays ours.
+        let (_, status) = waitpid(Some(pid), WaitOptions::UNTRACED)
+            .unwrap()
+            .expect("a status");
+        assert!(
+            status.stopped(),
+            "the script never reached {step}: {status:?}"
+        );
+        meanwhile();
+        kill_process(pid, Signal::CONT).unwrap();
+        let mut run = Run::from(child.wait_with_output().expect("the script's end"));
+        run.log = self.log_text().get(before..).unwrap_or_default().to_owned();
+        run
+    }
+
     pub fn script_command(
         &self,
         cmd: &str,
