@@ -2,16 +2,23 @@
 //! SIGKILLs itself at the named step when `BLOCK_DISKSEQ_FAULT=<step>`, so
 //! tests can prove that a script killed anywhere (as libxl does after 40 s)
 //! leaks no loop device and leaves no partial record. With
-//! `BLOCK_DISKSEQ_FAULT=stop:<step>` it SIGSTOPs itself there instead, so a
-//! test can change xenstore at exactly that point and SIGCONT it. Without
-//! the feature every call compiles to nothing.
+//! `BLOCK_DISKSEQ_FAULT=pause:<step>` it waits there instead, on the FIFO
+//! named by `BLOCK_DISKSEQ_FAULT_FIFO`: its open for reading returns once
+//! the test opens the FIFO for writing (so the test knows the script is at
+//! that step), and the script goes on when the test closes it, having
+//! changed xenstore at exactly that point. (A SIGSTOP to itself would not
+//! do: kill(2) stops the thread group through whichever thread takes the
+//! signal, and the calling thread may run on meanwhile.) Without the
+//! feature every call compiles to nothing.
 //!
 //! Steps, in the order `add` reaches them: `after-read`, `after-open`,
 //! `after-attach`, `before-publish`, `after-publish`, `in-wait`; `remove`
 //! has `after-detach`.
 
-/// The variable naming the step to die at.
+/// The variable naming the step to die (or pause) at.
 pub const ENV_FAULT: &str = "BLOCK_DISKSEQ_FAULT";
+/// The FIFO a `pause:<step>` fault waits on.
+pub const ENV_FAULT_FIFO: &str = "BLOCK_DISKSEQ_FAULT_FIFO";
 
 /// Every step a fault can be injected at.
 pub const STEPS: &[&str] = &[
@@ -24,8 +31,8 @@ pub const STEPS: &[&str] = &[
     "after-detach",
 ];
 
-/// Dies by SIGKILL, or stops until SIGCONT, here if the environment asks
-/// for it (feature-gated).
+/// Dies by SIGKILL, or pauses, here if the environment asks for it
+/// (feature-gated).
 #[inline]
 pub fn point(step: &'static str) {
     debug_assert!(STEPS.contains(&step), "unknown fault step {step}");
@@ -39,9 +46,10 @@ pub fn point(step: &'static str) {
             // kill(2) on ourselves delivers before returning; never reached.
             std::process::abort();
         }
-        if fault.to_str().and_then(|f| f.strip_prefix("stop:")) == Some(step) {
-            // Delivered before kill(2) returns: the script resumes here.
-            let _ = kill_process(getpid(), Signal::STOP);
+        if fault.to_str().and_then(|f| f.strip_prefix("pause:")) == Some(step) {
+            let fifo = std::env::var_os(ENV_FAULT_FIFO).expect("BLOCK_DISKSEQ_FAULT_FIFO");
+            let mut paused = std::fs::File::open(fifo).expect("the pause FIFO");
+            let _ = std::io::Read::read_to_end(&mut paused, &mut Vec::new());
         }
     }
 }

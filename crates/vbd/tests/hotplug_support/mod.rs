@@ -192,10 +192,10 @@ impl Bed {
         run
     }
 
-    /// Runs the script with fault injection stopping it at `step`
-    /// (`BLOCK_DISKSEQ_FAULT=stop:<step>`), runs `meanwhile` while it is
-    /// stopped there, then lets it go on. Fails the test if the script
-    /// never reaches `step`.
+    /// Runs the script with fault injection pausing it at `step`
+    /// (`BLOCK_DISKSEQ_FAULT=pause:<step>`), runs `meanwhile` while it
+    /// waits there, then lets it go on. Fails the test if the script ends
+    /// without reaching `step`.
     pub fn run_interrupted(
         &self,
         cmd: &str,
@@ -203,27 +203,43 @@ impl Bed {
         step: &str,
         meanwhile: impl FnOnce(),
     ) -> Run {
-        use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
-        let fault = format!("stop:{step}");
-        let mut command = self.script_command(cmd, backend, &[("BLOCK_DISKSEQ_FAULT", &fault)]);
+        use rustix::fs::{mknodat, FileType, Mode, OFlags, CWD};
+        let fifo = self.dir.path().join("pause.fifo");
+        let _ = std::fs::remove_file(&fifo);
+        mknodat(CWD, &fifo, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0).unwrap();
+        let fault = format!("pause:{step}");
+        let mut command = self.script_command(
+            cmd,
+            backend,
+            &[
+                ("BLOCK_DISKSEQ_FAULT", &fault),
+                ("BLOCK_DISKSEQ_FAULT_FIFO", fifo.to_str().unwrap()),
+            ],
+        );
         command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let before = self.log_text().len();
-        let child = command.spawn().expect("spawn the script");
-        let pid = Pid::from_child(&child);
-        // UNTRACED reports the stop without reaping: the child stays ours.
-        let (_, status) = waitpid(Some(pid), WaitOptions::UNTRACED)
-            .unwrap()
-            .expect("a status");
-        assert!(
-            status.stopped(),
-            "the script never reached {step}: {status:?}"
-        );
+        let mut child = command.spawn().expect("spawn the script");
+        // A non-blocking open for writing fails (ENXIO) until the script
+        // has the FIFO open for reading, i.e. is at `step`.
+        let pause = loop {
+            match rustix::fs::open(&fifo, OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty()) {
+                Ok(fd) => break fd,
+                Err(rustix::io::Errno::NXIO) => {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        panic!("the script ended ({status}) without reaching {step}");
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("open {}: {e}", fifo.display()),
+            }
+        };
         meanwhile();
-        kill_process(pid, Signal::CONT).unwrap();
+        drop(pause);
         let mut run = Run::from(child.wait_with_output().expect("the script's end"));
         run.log = self.log_text().get(before..).unwrap_or_default().to_owned();
+        let _ = std::fs::remove_file(&fifo);
         run
     }
 
