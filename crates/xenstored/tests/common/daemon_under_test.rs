@@ -204,7 +204,7 @@ pub fn unique_prefix(name: &str) -> String {
 }
 
 #[test]
-fn guest_endpoint_lists_parse_in_any_mode() {
+fn endpoint_lists_parse() {
     assert_eq!(
         parse_guests("5=/a,6=/b/c").unwrap(),
         [(5, PathBuf::from("/a")), (6, PathBuf::from("/b/c"))]
