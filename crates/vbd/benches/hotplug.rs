@@ -4,6 +4,9 @@
 //! - sequential `add` and `remove` (median and p90 of each);
 //! - 1, 8 and 32 concurrent `add`s (wall time from first spawn to last exit).
 //!
+//! Ours (with this project's backend) and the stock script take turns run
+//! by run, so the ratio holds on a machine whose load changes.
+//!
 //! Not a criterion bench: what is measured is process spawn to exit of an
 //! external program, with concurrency. Run through `bench/hotplug/run.sh`,
 //! which builds the release binary, unpacks the stock script and sets
@@ -32,6 +35,18 @@ enum BackendKind {
     StandIn,
     /// No backend: nothing can prove the handoff.
     None,
+}
+
+/// One script's measurements.
+#[derive(Default)]
+struct Measured {
+    add: Vec<Duration>,
+    remove: Vec<Duration>,
+    /// (concurrent adds, median wall time).
+    concurrent: Vec<(usize, Duration)>,
+    add_cpu: Duration,
+    adds: u32,
+    failures: u32,
 }
 
 struct Script {
@@ -102,79 +117,105 @@ fn main() {
     let floor = median(&mut floor);
     let floors = concurrency_floors(&bed, &ours);
     let mut next_fe = 1u32;
-    let mut results = Vec::new();
-    let mut cpu = Vec::new();
-    for script in &scripts {
-        let service = (script.backend == BackendKind::Project).then(|| {
+    let mut measured: Vec<Measured> = scripts.iter().map(|_| Measured::default()).collect();
+    // Scripts that share a kind of backend are measured interleaved, run
+    // by run, so a change in the machine's load (it is shared) hits them
+    // alike and their ratio holds: ours with the project backend and the
+    // stock script take turns. A kind of backend is one group because
+    // backends cannot share a backend tree (the project backend probes
+    // every vbd directory; the stand-in and "none" rows need it absent).
+    for kind in [
+        BackendKind::Project,
+        BackendKind::StandIn,
+        BackendKind::None,
+    ] {
+        let group: Vec<usize> = (0..scripts.len())
+            .filter(|&i| scripts[i].backend == kind)
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let service = (kind == BackendKind::Project).then(|| {
             let mut config = BackendConfig::new(0);
             config.logger = std::sync::Arc::new(|_| {});
             Backend::new(bed.client(), config)
                 .spawn()
                 .expect("start the backend")
         });
-        let mut add = Vec::new();
-        let mut remove = Vec::new();
-        let mut failures = 0u32;
         for _ in 0..runs {
-            let (image, backend, stand_in) = prepare(&bed, &mut next_fe, script.backend);
-            match run(&bed, script, "add", &backend) {
-                Some(latency) => {
-                    add.push(latency);
-                    assert_published(&bed, &backend, script);
-                    detach(&bed, &backend, &image, script.backend, stand_in);
-                    remove.extend(run(&bed, script, "remove", &backend));
+            for &i in &group {
+                let script = &scripts[i];
+                let m = &mut measured[i];
+                let (image, backend, stand_in) = prepare(&bed, &mut next_fe, kind);
+                match run(&bed, script, "add", &backend) {
+                    Some(latency) => {
+                        m.add.push(latency);
+                        assert_published(&bed, &backend, script);
+                        detach(&bed, &backend, &image, kind, stand_in);
+                        m.remove.extend(run(&bed, script, "remove", &backend));
+                    }
+                    None => m.failures += 1,
                 }
-                None => failures += 1,
+                teardown(&bed, &backend, &image);
             }
-            teardown(&bed, &backend, &image);
         }
-        let mut concurrent = Vec::new();
-        let mut add_cpu = Duration::ZERO;
-        let mut adds = 0u32;
         for k in [1usize, 8, 32] {
             let reps = if k == 32 { 5 } else { 7 };
-            let mut walls = Vec::new();
+            let mut walls: Vec<Vec<Duration>> = group.iter().map(|_| Vec::new()).collect();
             for _ in 0..reps {
-                let set: Vec<_> = (0..k)
-                    .map(|_| prepare(&bed, &mut next_fe, script.backend))
-                    .collect();
-                let cpu_before = children_cpu();
-                let start = Instant::now();
-                let children: Vec<Child> = set
-                    .iter()
-                    .map(|(_, b, _)| spawn(&bed, script, "add", b))
-                    .collect();
-                let statuses: Vec<ExitStatus> = children
-                    .into_iter()
-                    .map(|mut c| c.wait().unwrap())
-                    .collect();
-                walls.push(start.elapsed());
-                add_cpu += children_cpu().saturating_sub(cpu_before);
-                adds += k as u32;
-                for ((image, backend, stand_in), status) in set.into_iter().zip(statuses) {
-                    if check(&bed, script, "add", &backend, status) {
-                        assert_published(&bed, &backend, script);
-                        detach(&bed, &backend, &image, script.backend, stand_in);
-                        run(&bed, script, "remove", &backend);
-                    } else {
-                        failures += 1;
+                for (slot, &i) in group.iter().enumerate() {
+                    let script = &scripts[i];
+                    let m = &mut measured[i];
+                    let set: Vec<_> = (0..k).map(|_| prepare(&bed, &mut next_fe, kind)).collect();
+                    let cpu_before = children_cpu();
+                    let start = Instant::now();
+                    let children: Vec<Child> = set
+                        .iter()
+                        .map(|(_, b, _)| spawn(&bed, script, "add", b))
+                        .collect();
+                    let statuses: Vec<ExitStatus> = children
+                        .into_iter()
+                        .map(|mut c| c.wait().unwrap())
+                        .collect();
+                    walls[slot].push(start.elapsed());
+                    m.add_cpu += children_cpu().saturating_sub(cpu_before);
+                    m.adds += k as u32;
+                    for ((image, backend, stand_in), status) in set.into_iter().zip(statuses) {
+                        if check(&bed, script, "add", &backend, status) {
+                            assert_published(&bed, &backend, script);
+                            detach(&bed, &backend, &image, kind, stand_in);
+                            run(&bed, script, "remove", &backend);
+                        } else {
+                            m.failures += 1;
+                        }
+                        teardown(&bed, &backend, &image);
                     }
-                    teardown(&bed, &backend, &image);
                 }
             }
-            concurrent.push((k, median(&mut walls)));
+            for (slot, &i) in group.iter().enumerate() {
+                measured[i].concurrent.push((k, median(&mut walls[slot])));
+            }
         }
         if let Some(service) = service {
             service.stop().expect("backend ran cleanly");
         }
-        results.push((script.name, stats(&mut add), stats(&mut remove), concurrent));
-        cpu.push(add_cpu / adds);
-        if failures > 0 {
+    }
+    let mut results = Vec::new();
+    let mut cpu = Vec::new();
+    for (script, mut m) in scripts.iter().zip(measured) {
+        if m.failures > 0 {
             println!(
-                "{}: {failures} failed adds (not in the latencies)",
-                script.name
+                "{}: {} failed adds (not in the latencies)",
+                script.name, m.failures
             );
         }
+        results.push((
+            script.name,
+            stats(&mut m.add),
+            stats(&mut m.remove),
+            m.concurrent,
+        ));
+        cpu.push(m.add_cpu / m.adds.max(1));
     }
 
     println!("| script | add median | add p90 | remove median | remove p90 | 1 add (wall) | 8 concurrent | 32 concurrent | 32 conc. / 1 | CPU per add |");
