@@ -287,6 +287,45 @@ fn path_length_limit_below_a_home_and_elsewhere() {
     assert_eq!(err.errno(), Some(Errno::EINVAL));
 }
 
+/// A guest hears a change only where it may read: the node, its parent,
+/// or — for a permission change — the node's old permissions.
+#[test]
+fn guest_watch_events_only_for_what_the_guest_may_read() {
+    let bed = Bed::start("guest-watch");
+    let domid = bed.guest_domid();
+    let mut dom0 = bed.dom0();
+    let mut guest = bed.guest();
+    let dom0_only: Perms = "n0".parse().unwrap();
+    let readable: Perms = format!("n0 r{domid}").parse().unwrap();
+    dom0.set_perms(&bed.prefix, &readable).unwrap();
+    dom0.mkdir(&bed.path("/open")).unwrap(); // inherits: readable
+    dom0.mkdir(&bed.path("/secret")).unwrap();
+    dom0.set_perms(&bed.path("/secret"), &dom0_only).unwrap();
+
+    guest.watch(&bed.prefix, "w").unwrap();
+    assert_eq!(
+        guest.next_event(EVENT_WAIT).unwrap(),
+        Some(event(&bed.prefix, "w"))
+    );
+    let (open_a, secret_x) = (bed.path("/open/a"), bed.path("/secret/x"));
+    dom0.write(&secret_x, "1").unwrap(); // node and parent unreadable
+    dom0.write(&open_a, "1").unwrap(); // readable
+    dom0.set_perms(&open_a, &dom0_only).unwrap(); // was readable
+    dom0.write(&open_a, "2").unwrap(); // unreadable, parent readable
+    dom0.write(&secret_x, "2").unwrap(); // node and parent unreadable
+    let end = bed.path("/end");
+    dom0.write(&end, "").unwrap();
+    let mut heard = Vec::new();
+    while heard.last() != Some(&end) {
+        match guest.next_event(EVENT_WAIT).unwrap() {
+            Some(e) => heard.push(e.path),
+            None => break,
+        }
+    }
+    guest.unwatch(&bed.prefix, "w").unwrap();
+    assert_eq!(heard, [open_a.as_str(), &open_a, &open_a, &end]);
+}
+
 /// A guest's quotas at the daemons' defaults, where a real guest's count
 /// does not depend on what its kernel and toolstack hold (entries and
 /// watches do, so they stay in crates/xenstored/tests/isolation.rs).

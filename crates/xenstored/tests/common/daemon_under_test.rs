@@ -58,6 +58,8 @@ pub struct DaemonUnderTest {
     in_process: Option<(tempfile::TempDir, DaemonHandle)>,
     /// Relays started for `DOMID=relay` guests, kept for this daemon's life.
     relays: RefCell<Vec<tempfile::TempDir>>,
+    /// This test's turn at the relay agents, taken with its first relay.
+    relay_turn: RefCell<Option<guest_relay::RelayTurn>>,
 }
 
 /// The guest endpoint that means "through the relay agent in that guest".
@@ -96,6 +98,7 @@ impl DaemonUnderTest {
             external: true,
             in_process: None,
             relays: RefCell::default(),
+            relay_turn: RefCell::default(),
         }
     }
 
@@ -119,6 +122,7 @@ impl DaemonUnderTest {
             external: false,
             in_process: Some((dir, daemon)),
             relays: RefCell::default(),
+            relay_turn: RefCell::default(),
         }
     }
 
@@ -160,6 +164,9 @@ impl DaemonUnderTest {
         if path.as_os_str() != RELAY {
             return path.clone();
         }
+        self.relay_turn
+            .borrow_mut()
+            .get_or_insert_with(guest_relay::RelayTurn::take);
         let (dir, socket) = guest_relay::start_relay(&self.endpoint, domid);
         self.relays.borrow_mut().push(dir);
         socket

@@ -16,6 +16,9 @@
 source /xentest/lib.sh
 
 CASES=${1:-100}
+# Bound on one suite binary's run, so that a hang is reported with its
+# evidence inside the scenario's budget.
+SUITE_TIMEOUT=90
 BIN=/xentest/bin
 REAL=/run/xenstored/socket
 XENBUS=/dev/xen/xenbus
@@ -55,7 +58,7 @@ run_suite() {
     listed=$("$bin" --list "$@" 2>/dev/null | grep -c ': test$')
     start=$(ms_now)
     XENSTORE_TEST_DAEMON=$endpoint XENSTORE_TEST_DAEMON_KIND=$kind XENSTORE_TEST_GUESTS=$guests \
-        PROPTEST_CASES=$CASES RUST_BACKTRACE=0 timeout 300 "$bin" --test-threads=2 "$@" \
+        PROPTEST_CASES=$CASES RUST_BACKTRACE=0 timeout "$SUITE_TIMEOUT" "$bin" --test-threads=2 "$@" \
         >"$XT_STATE/$label.out" 2>&1
     rc=$?
     secs=$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')
@@ -65,7 +68,7 @@ run_suite() {
     xt_evidence "$label: $endpoint ($kind): exit $rc after $secs s: ${summary:-no summary}"
     xt_evidence_cmd "$label" grep -a -E '^test .* (ok|FAILED)$' "$XT_STATE/$label.out"
     if [ "$rc" != 0 ]; then
-        xt_evidence_cmd "$label failure" grep -a -E -A6 'panicked at' "$XT_STATE/$label.out"
+        xt_evidence_cmd "$label failure" grep -a -E -A6 'panicked at|running for over' "$XT_STATE/$label.out"
     fi
     xt_figure "${label}_tests" "${passed:-0}/$listed"
     xt_figure "${label}_seconds" "$secs"
