@@ -12,15 +12,15 @@
 //! and which it changes, and a version per node.
 //!
 //! The daemon is ours, in this process, unless `XENSTORE_TEST_DAEMON` names
-//! an external one's socket (see `common/daemon_under_test.rs`): the C
-//! xenstored of a real dom0 (`tests/xen`, scenario `xs-suites-real`), or
+//! an external one's socket or device (see `common/daemon_under_test.rs`):
+//! the C xenstored of a real dom0 (`tests/xen`, scenario `xs-suites-real`), or
 //! ours in another process (`model_against_a_separate_daemon_process`, on
 //! every `cargo test`). Each sequence runs in its own fresh node prefix —
 //! the model's `/` — in both modes, so a real, non-empty store is fine; the
 //! prefix is removed afterwards. `PROPTEST_CASES` bounds the number of
-//! sequences (default 200; emulated hosts want fewer). The connections are
-//! raw frames over a Unix socket, so a xenbus device is not a target here
-//! (the client suite, `crates/xenstore/tests/client_daemon.rs`, covers it).
+//! sequences (default 200; emulated hosts want fewer). Requests go out as
+//! raw frames through the client's `send_raw`, so the daemon may be reached
+//! over a socket or a xenbus device (`/dev/xen/xenbus`).
 //!
 //! The one documented difference the model knows (docs/design/xenstored.md):
 //! SET_PERMS naming an owner that is not an introduced domain is ENOENT from
@@ -33,7 +33,7 @@ mod daemon_under_test;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{arg, Raw};
+use common::arg;
 use daemon_under_test::{unique_prefix, DaemonUnderTest};
 use proptest::prelude::*;
 use xenstore::wire::MsgType;
@@ -300,8 +300,29 @@ impl ModelTx {
     }
 }
 
+/// A connection that sends frames as they are and returns each reply's
+/// payload, or the errno name of an ERROR reply.
+struct Conn(xenstore::Client);
+
+impl Conn {
+    fn connect(endpoint: &std::path::Path) -> Self {
+        Conn(xenstore::Client::connect_path(endpoint).expect("connect"))
+    }
+
+    fn call(&mut self, t: MsgType, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let reply = self.0.send_raw(t as u32, tx_id, payload).expect("reply");
+        if reply.msg_type == MsgType::Error as u32 {
+            let name = reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload);
+            Err(String::from_utf8_lossy(name).into_owned())
+        } else {
+            assert_eq!(reply.msg_type, t as u32, "reply type");
+            Ok(reply.payload)
+        }
+    }
+}
+
 struct Client {
-    raw: Raw,
+    raw: Conn,
     tx: Option<(u32, ModelTx)>,
 }
 
@@ -352,7 +373,7 @@ impl Corner {
     fn set_up() -> Self {
         let daemon = DaemonUnderTest::start(&[], xenstored::Quotas::default());
         let prefix = unique_prefix("model");
-        let mut raw = Raw::connect(daemon.endpoint());
+        let mut raw = Conn::connect(daemon.endpoint());
         raw.call(MsgType::Mkdir, 0, &arg(&prefix)).unwrap();
         raw.call(MsgType::SetPerms, 0, &common::args(&[&prefix, "n0"]))
             .unwrap();
@@ -361,8 +382,8 @@ impl Corner {
         Corner { daemon, prefix }
     }
 
-    fn raw(&self) -> Raw {
-        Raw::connect(self.daemon.endpoint())
+    fn raw(&self) -> Conn {
+        Conn::connect(self.daemon.endpoint())
     }
 }
 

@@ -1,8 +1,8 @@
 # Scenario 5 (the suites): our xenstore test suites — the client's
 # (crates/xenstore/tests/client_daemon.rs) and the daemon's model-based
 # sequences (crates/xenstored/tests/model.rs) — run as the built test
-# binaries against the real C xenstored of this dom0 (over its socket and,
-# for the client suite, over /dev/xen/xenbus) and against ours started here
+# binaries against the real C xenstored of this dom0 (over its socket and
+# over /dev/xen/xenbus) and against ours started here
 # on its own socket. The client suite's guest_ tests run against the C
 # daemon with a real PV guest's connection: the guest runs the suite binary
 # as a relay agent on its own /dev/xen/xenbus (tests/xen/guest/relay-init),
@@ -69,6 +69,7 @@ run_suite() {
     xt_evidence_cmd "$label" grep -a -E '^test .* (ok|FAILED)$' "$XT_STATE/$label.out"
     if [ "$rc" != 0 ]; then
         xt_evidence_cmd "$label failure" grep -a -E -A6 'panicked at|running for over' "$XT_STATE/$label.out"
+        [ -n "$summary" ] || xt_evidence_cmd "$label output" tail -n 20 "$XT_STATE/$label.out"
     fi
     xt_figure "${label}_tests" "${passed:-0}/$listed"
     xt_figure "${label}_seconds" "$secs"
@@ -89,6 +90,7 @@ run_suite client-c-socket client_daemon "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY
 run_suite client-c-xenbus client_daemon "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}" --skip own_connection_
 run_suite client-ours client_daemon "$OURS" diskseq "${SELF_TESTS[@]}"
 run_suite model-c-socket model "$REAL" xen "${SELF_TESTS[@]}"
+run_suite model-c-xenbus model "$XENBUS" xen "${SELF_TESTS[@]}"
 run_suite model-ours model "$OURS" diskseq "${SELF_TESTS[@]}"
 
 # The guest_ tests against the C daemon, with a real PV guest's connection.
