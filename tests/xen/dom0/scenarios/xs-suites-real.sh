@@ -45,7 +45,7 @@ diskseq xenstored --socket "$OURS" --domain-socket "$OURS_GUEST=$OURS_DIR/guest"
     --pid-file "$OURS_DIR/pid" >"$XT_STATE/xs-suites-ours.log" 2>&1 &
 xt_check "our xenstored accepts connections" wait_for 10 test -S "$OURS"
 
-# [GUESTS=<domid>=<endpoint>] run_suite <label> <binary> <endpoint> <kind> [test filter arguments...]
+# [GUESTS=<domid>=<endpoint>] [THREADS=<n>] run_suite <label> <binary> <endpoint> <kind> [test filter arguments...]
 # Runs the selected tests of one suite binary against one daemon; the check
 # passes only when every selected test ran and passed. Our daemon's guest
 # is its simulated guest socket unless GUESTS says otherwise.
@@ -58,7 +58,7 @@ run_suite() {
     listed=$("$bin" --list "$@" 2>/dev/null | grep -c ': test$')
     start=$(ms_now)
     XENSTORE_TEST_DAEMON=$endpoint XENSTORE_TEST_DAEMON_KIND=$kind XENSTORE_TEST_GUESTS=$guests \
-        PROPTEST_CASES=$CASES RUST_BACKTRACE=0 timeout "$SUITE_TIMEOUT" "$bin" --test-threads=2 "$@" \
+        PROPTEST_CASES=$CASES RUST_BACKTRACE=0 timeout "$SUITE_TIMEOUT" "$bin" --test-threads="${THREADS:-2}" "$@" \
         >"$XT_STATE/$label.out" 2>&1
     rc=$?
     secs=$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')
@@ -116,7 +116,8 @@ domid=$(xl domid "$relay_name" 2>/dev/null)
 ready=/local/domain/${domid:-none}/data/xs-relay/ready
 if wait_for 150 xenstore-exists "$ready"; then
     xt_figure relay_guest_ready_seconds "$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')"
-    GUESTS="$domid=relay" run_suite client-c-guest client_daemon "$REAL" xen "${SELF_TESTS[@]}" guest_
+    # One test at a time: relayed connections take turns anyway.
+    GUESTS="$domid=relay" THREADS=1 run_suite client-c-guest client_daemon "$REAL" xen "${SELF_TESTS[@]}" guest_
 else
     xt_fail_check "the relay agent in guest ${domid:-?} never wrote $ready"
 fi
