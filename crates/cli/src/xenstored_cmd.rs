@@ -35,13 +35,15 @@ pub struct XenstoredArgs {
     /// Watches each guest may hold.
     #[arg(long, value_name = "N", default_value_t = Quotas::default().watches)]
     quota_watches: usize,
-    /// Transactions a guest connection may have open.
+    /// Transactions a guest connection may have open: one more is
+    /// granted and the next refused, as the C daemon counts.
     #[arg(long, value_name = "N", default_value_t = Quotas::default().transactions)]
     quota_transactions: usize,
     /// Unread replies a guest connection may have before it is not read from.
     #[arg(long, value_name = "N", default_value_t = Quotas::default().outstanding)]
     quota_outstanding: usize,
-    /// Longest path a guest may use, below /local/domain/<domid>/.
+    /// Longest path anyone may use (dom0 too, as in Xen 4.17), counted
+    /// below /local/domain/<domid>/, whole elsewhere.
     #[arg(long, value_name = "BYTES", default_value_t = Quotas::default().path_len)]
     quota_path_len: usize,
 }
