@@ -310,14 +310,7 @@ impl Conn {
     }
 
     fn call(&mut self, t: MsgType, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let reply = self.0.send_raw(t as u32, tx_id, payload).expect("reply");
-        if reply.msg_type == MsgType::Error as u32 {
-            let name = reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload);
-            Err(String::from_utf8_lossy(name).into_owned())
-        } else {
-            assert_eq!(reply.msg_type, t as u32, "reply type");
-            Ok(reply.payload)
-        }
+        common::outcome(t, self.0.send_raw(t as u32, tx_id, payload).expect("reply"))
     }
 }
 

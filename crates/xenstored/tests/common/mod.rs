@@ -152,14 +152,7 @@ impl Raw {
     /// Request and reply: `Ok(payload)` or `Err(errno name)`.
     pub fn call(&mut self, t: MsgType, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>, String> {
         let req = self.send(t as u32, tx_id, payload);
-        let reply = self.reply(req);
-        if reply.msg_type == MsgType::Error as u32 {
-            let name = reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload);
-            Err(String::from_utf8_lossy(name).into_owned())
-        } else {
-            assert_eq!(reply.msg_type, t as u32, "reply type");
-            Ok(reply.payload)
-        }
+        outcome(t, self.reply(req))
     }
 
     /// Whether the daemon closed this connection (EOF within the timeout).
@@ -198,4 +191,16 @@ pub fn args(parts: &[&str]) -> Vec<u8> {
 /// Whether tests that need external tools must run (CI) rather than skip.
 pub fn require_all() -> bool {
     std::env::var_os("DISKSEQ_REQUIRE_ALL").is_some_and(|v| v == "1")
+}
+
+/// A reply to a request of type `t`: `Ok(payload)`, or `Err(errno name)`
+/// for an ERROR reply; any other type fails the test.
+pub fn outcome(t: MsgType, reply: Message) -> Result<Vec<u8>, String> {
+    if reply.msg_type == MsgType::Error as u32 {
+        let name = reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload);
+        Err(String::from_utf8_lossy(name).into_owned())
+    } else {
+        assert_eq!(reply.msg_type, t as u32, "reply type");
+        Ok(reply.payload)
+    }
 }
