@@ -47,11 +47,7 @@ fn opened_handshake_hands_the_device_to_the_backend() {
     assert_no_loops(&image);
 
     // remove after autoclear: the device is gone already; that is success.
-    let run = bed.run("remove", &backend, &[]);
-    run.assert_ok();
-    assert_device_gone(&run.log);
-    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
-    assert_eq!(bed.read(&backend, node::DISKSEQ), None);
+    remove_finds_device_gone(&bed, &backend);
 }
 
 #[test]

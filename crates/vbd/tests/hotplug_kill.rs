@@ -101,11 +101,7 @@ fn remove_killed_after_detach_is_finished_by_a_second_run() {
         bed.read(&backend, node::PHYSICAL_DEVICE).is_some(),
         "record outlives the kill"
     );
-    let run = bed.run("remove", &backend, &[]);
-    run.assert_ok();
-    assert_device_gone(&run.log);
-    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
-    assert_eq!(bed.read(&backend, node::DISKSEQ), None);
+    remove_finds_device_gone(&bed, &backend);
 }
 
 /// Detach + re-attach another file on the same minor: the record's number

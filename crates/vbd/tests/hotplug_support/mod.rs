@@ -403,6 +403,17 @@ impl Drop for Image {
     }
 }
 
+/// Runs `remove` for a device already gone (autoclear, or never held):
+/// it must succeed, say so, and withdraw the record.
+#[track_caller]
+pub fn remove_finds_device_gone(bed: &Bed, backend: &BackendPath) {
+    let run = bed.run("remove", backend, &[]);
+    run.assert_ok();
+    assert_device_gone(&run.log);
+    assert_eq!(bed.read(backend, node::PHYSICAL_DEVICE), None);
+    assert_eq!(bed.read(backend, node::DISKSEQ), None);
+}
+
 /// Checks that `remove` found its device gone — unbound, or (the freed
 /// minor being the lowest free one, which parallel tests take at once)
 /// already naming another disk — and took that as success.
