@@ -7,77 +7,19 @@
 //!
 //! `cargo bench -p diskseq --bench cycle_medians [-- ROUNDS]`
 
+mod common;
+
 use std::fs::File;
 use std::hint::black_box;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use diskseq::{detach_verified, ioctl, open_verified, Access, FileId, LoopDevice, LoopOptions};
-use rustix::fs::{Mode, OFlags};
-use rustix::io::Errno;
+use common::{losetup_cycle, raw_cycle, raw_open, verified_cycle};
+use diskseq::{open_verified, Access, FileId, LoopDevice, LoopOptions};
 
 /// Every how many rounds the (slow) losetup pair runs.
 const LOSETUP_EVERY: usize = 10;
-
-fn raw_cycle(control: &File, backing: &File) -> u64 {
-    loop {
-        let minor = ioctl::loop_ctl_get_free(control.as_fd()).expect("GET_FREE");
-        let path = format!("/dev/loop{minor}");
-        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::EXCL;
-        let fd = match rustix::fs::open(path.as_str(), flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::BUSY) => continue,
-            Err(e) => panic!("open {path}: {e}"),
-        };
-        let config = ioctl::loop_config {
-            fd: backing.as_raw_fd() as u32,
-            block_size: 0,
-            info: ioctl::empty_loop_info(),
-            __reserved: [0; 8],
-        };
-        match ioctl::loop_configure(fd.as_fd(), &config) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) => continue,
-            Err(e) => panic!("LOOP_CONFIGURE {path}: {e}"),
-        }
-        let seq = ioctl::disk_seq(fd.as_fd()).expect("BLKGETDISKSEQ");
-        ioctl::loop_clr_fd(fd.as_fd()).expect("LOOP_CLR_FD");
-        return seq.expect("diskseq");
-    }
-}
-
-fn verified_cycle(backing: &File, backing_id: FileId) {
-    let device = LoopDevice::attach(backing.as_fd(), &LoopOptions::default()).expect("attach");
-    let id = device.id();
-    drop(device);
-    detach_verified(&id, Some(backing_id)).expect("detach");
-}
-
-fn losetup_cycle(backing: &Path) {
-    let out = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(backing)
-        .output()
-        .expect("run losetup");
-    assert!(out.status.success(), "losetup -f failed");
-    let device = String::from_utf8(out.stdout).expect("utf-8");
-    let status = Command::new("losetup")
-        .args(["-d", device.trim()])
-        .status()
-        .expect("run losetup -d");
-    assert!(status.success(), "losetup -d failed");
-}
-
-fn raw_open(path: &Path) -> (u64, Option<u64>) {
-    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).expect("open");
-    let stat = rustix::fs::fstat(&fd).expect("fstat");
-    (
-        stat.st_rdev,
-        ioctl::disk_seq(fd.as_fd()).expect("BLKGETDISKSEQ"),
-    )
-}
 
 fn timed(samples: &mut Vec<Duration>, f: impl FnOnce()) {
     let start = Instant::now();
@@ -144,7 +86,9 @@ fn main() {
         timed(&mut raw, || {
             black_box(raw_cycle(&control, backing));
         });
-        timed(&mut verified, || verified_cycle(backing, backing_id));
+        timed(&mut verified, || {
+            black_box(verified_cycle(backing, backing_id));
+        });
         if round % LOSETUP_EVERY == 0 {
             timed(&mut losetup, || losetup_cycle(file.path()));
         }
