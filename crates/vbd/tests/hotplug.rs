@@ -514,8 +514,9 @@ fn add_and_remove_round_trips_are_pinned() {
     assert_eq!(trips(), 1 + 2, "add of a file");
     bed.run("remove", &backend, &via_counter).assert_ok();
     // Read: START, batch + END. A persistent device (no backend here) is
-    // marked before its detach: one WRITE. Withdraw: START, batch, RM, RM, END.
-    assert_eq!(trips(), 2 + 1 + 5, "remove");
+    // marked before its detach: one WRITE. Withdraw: START, the reads, the
+    // RMs of physical-device, diskseq and the marker in one batch, END.
+    assert_eq!(trips(), 2 + 1 + 4, "remove");
     bed.client().rm(&backend.frontend_dir()).unwrap();
 
     // A block device: every other vbd's record is read (here: none but
@@ -592,6 +593,34 @@ fn inputs_rewritten_while_the_device_is_prepared() {
         bed.read(&backend, node::PHYSICAL_DEVICE).as_deref(),
         Some("fe:0")
     );
+    assert_no_loops(&image);
+}
+
+/// The `diskseq-autoclear` marker is part of the record: `remove` withdraws
+/// it with `physical-device` and `diskseq`. Left behind, it made the remove
+/// of a later persistent record take a device swapped behind its back for
+/// one that had detached itself.
+#[test]
+fn remove_withdraws_the_autoclear_marker_with_the_record() {
+    if !privileged() {
+        return;
+    }
+    let bed = Bed::new();
+    let image = bed.image("marker.img", 4);
+    let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
+    let persistent = [("BLOCK_DISKSEQ_HANDOFF", "off")];
+    bed.run("add", &backend, &persistent).assert_ok();
+    assert_eq!(
+        bed.read(&backend, node::AUTOCLEAR),
+        None,
+        "a persistent record"
+    );
+    bed.run("remove", &backend, &[]).assert_ok();
+    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
+    assert_eq!(bed.read(&backend, node::AUTOCLEAR), None, "withdrawn");
+    bed.run("add", &backend, &persistent).assert_ok();
+    assert_eq!(bed.read(&backend, node::AUTOCLEAR), None, "none left over");
+    bed.run("remove", &backend, &[]).assert_ok();
     assert_no_loops(&image);
 }
 

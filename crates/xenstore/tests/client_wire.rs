@@ -489,3 +489,24 @@ fn a_failed_watch_or_read_aborts_the_transaction_started_with_it() {
     assert_eq!((err.operation(), err.path()), ("WATCH", Some("/w")));
     daemon.finish();
 }
+
+#[test]
+fn rm_many_pipelines_the_removals_and_reports_the_first_failure() {
+    let daemon = FakeDaemon::start(|peer| {
+        peer.start_transaction(3);
+        let rms = [peer.expect(MsgType::Rm), peer.expect(MsgType::Rm)];
+        assert!(rms.iter().all(|m| m.tx_id == 3));
+        assert_eq!(rms[0].payload, wire::path_payload("/a"));
+        peer.reply(&rms[0], wire::OK_PAYLOAD);
+        peer.error(&rms[1], Errno::EACCES);
+        let end = peer.expect(MsgType::TransactionEnd);
+        assert_eq!(end.payload, b"F\0", "the failure aborts");
+        peer.reply(&end, wire::OK_PAYLOAD);
+    });
+    let mut client = daemon.client();
+    let err = client
+        .transaction(|tx| tx.rm_many(&["/a", "/b"]))
+        .unwrap_err();
+    assert_eq!((err.errno(), err.path()), (Some(Errno::EACCES), Some("/b")));
+    daemon.finish();
+}

@@ -187,8 +187,11 @@ fn detach(
     }
 }
 
-/// Deletes `physical-device`, then `diskseq`, in one transaction — if they
-/// still hold what was read (a record rewritten meanwhile is not ours).
+/// Deletes `physical-device`, then `diskseq`, and the `diskseq-autoclear`
+/// marker, in one transaction — if they still hold what was read (a record
+/// rewritten meanwhile is not ours). The marker goes with the record: left
+/// behind, it would tell the `remove` of a later persistent record that a
+/// device swapped behind its back had merely detached itself.
 fn withdraw(
     client: &mut Client,
     backend: &crate::schema::BackendPath,
@@ -197,15 +200,19 @@ fn withdraw(
 ) -> Result<(), HotplugError> {
     let pd = backend.node(node::PHYSICAL_DEVICE);
     let seq = backend.node(node::DISKSEQ);
+    let marker = backend.node(node::AUTOCLEAR);
     let withdrawn = client.transaction(|tx| -> Result<bool, HotplugError> {
-        let now = tx.read_many(&[&pd, &seq])?;
+        let now = tx.read_many(&[&pd, &seq, &marker])?;
         if now[0] != read[0] || now[1] != read[2] {
             return Ok(false);
         }
-        tx.rm(&pd)?;
-        if now[1].is_some() {
-            tx.rm(&seq)?;
-        }
+        let present: Vec<&str> = [&pd, &seq, &marker]
+            .into_iter()
+            .zip(&now)
+            .filter(|(_, value)| value.is_some())
+            .map(|(path, _)| path.as_str())
+            .collect();
+        tx.rm_many(&present)?;
         Ok(true)
     })?;
     if withdrawn {

@@ -106,6 +106,23 @@ impl<'c> Transaction<'c> {
             .try_for_each(|outcome| outcome.map(drop))
     }
 
+    /// Removes several nodes in one round trip (pipelined like
+    /// [`write_many`](Self::write_many)); the first failure, in order, is
+    /// returned after all replies are in.
+    pub fn rm_many(&mut self, paths: &[&str]) -> Result<()> {
+        for path in paths {
+            ops::checked(MsgType::Rm, path)?;
+        }
+        let requests: Vec<_> = paths
+            .iter()
+            .map(|path| (MsgType::Rm, wire::path_payload(path), *path))
+            .collect();
+        self.client
+            .request_many(self.id, &requests)?
+            .into_iter()
+            .try_for_each(|outcome| outcome.map(drop))
+    }
+
     /// Reads `reads`, then writes `writes`, all in one round trip: the
     /// daemon answers a connection's requests in order, so every read sees
     /// the transaction as it was before these writes. For a transaction
