@@ -67,16 +67,27 @@ pub fn backend(args: BackendArgs) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which disk of which guest, served by which domain: what attach and
+/// detach both name.
 #[derive(Args)]
-pub struct AttachArgs {
-    #[command(flatten)]
-    socket: SocketArg,
+pub struct GuestDisk {
     /// The guest domain.
     #[arg(long, value_name = "N")]
     domain: u32,
     /// The guest's device: xvda, sdb, hdc, or a device id such as 51712.
     #[arg(long)]
     vdev: Vdev,
+    /// The domain running the backend.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    backend_domain: u32,
+}
+
+#[derive(Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    #[command(flatten)]
+    disk: GuestDisk,
     /// A block device or a regular file.
     #[arg(long, value_name = "PATH")]
     target: PathBuf,
@@ -89,9 +100,6 @@ pub struct AttachArgs {
     /// Hotplug script (default: block-diskseq next to this executable).
     #[arg(long, value_name = "PATH")]
     script: Option<PathBuf>,
-    /// The domain running the backend.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    backend_domain: u32,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -104,9 +112,9 @@ pub fn attach(args: AttachArgs) -> CmdResult {
             .map_err(|e| Failure::Error(format!("locating block-diskseq: {e}")))?,
     };
     let spec = DiskSpec {
-        frontend_domid: args.domain,
-        backend_domid: args.backend_domain,
-        vdev: args.vdev,
+        frontend_domid: args.disk.domain,
+        backend_domid: args.disk.backend_domain,
+        vdev: args.disk.vdev,
         target: args.target,
         mode: args.mode,
         device_type: if args.cdrom {
@@ -164,15 +172,8 @@ pub fn attach(args: AttachArgs) -> CmdResult {
 pub struct DetachArgs {
     #[command(flatten)]
     socket: SocketArg,
-    /// The guest domain.
-    #[arg(long, value_name = "N")]
-    domain: u32,
-    /// The guest's device: xvda, ..., or a device id.
-    #[arg(long)]
-    vdev: Vdev,
-    /// The domain running the backend.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    backend_domain: u32,
+    #[command(flatten)]
+    disk: GuestDisk,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -181,7 +182,7 @@ pub struct DetachArgs {
 pub fn detach(args: DetachArgs) -> CmdResult {
     let toolstack = Toolstack::new(args.socket.socket);
     let report = toolstack
-        .detach(args.domain, &args.vdev, args.backend_domain)
+        .detach(args.disk.domain, &args.disk.vdev, args.disk.backend_domain)
         .map_err(|e| Failure::Error(e.to_string()))?;
     if args.json {
         print_json(&serde_json::json!({ "ok": true, "detach": report }))?;
@@ -190,8 +191,8 @@ pub fn detach(args: DetachArgs) -> CmdResult {
     } else {
         println!(
             "detached domain {} {}: {}{}",
-            args.domain,
-            args.vdev,
+            args.disk.domain,
+            args.disk.vdev,
             if report.closed {
                 "backend Closed"
             } else {
