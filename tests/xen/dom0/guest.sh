@@ -6,6 +6,31 @@
 # shellcheck source=lib.sh
 source /xentest/lib.sh
 
+# disk_reads <console> <dev> <ro>: the guest's three reads of <dev>'s first
+# line (tests/xen/guest/init), one per line, from the last report of it.
+disk_reads() {
+    grep -a "GUEST-DISK $2 ro=$3 " "$1" | tail -1 | sed -n 's/.* reads=\[\([^]]*\)\].*/\1/p' | tr '|' '\n'
+}
+
+# guest_sees_own <console> <dev> <ro> <tag>: the guest read <dev>'s own
+# content and never anything else. An empty read (zeros) is counted, not
+# failed: under QEMU TCG a domU read returns zeros now and then, with either
+# block script, while reads before and after show the disk's own content
+# (docs/real-xen.md, "Platform faults"). A read of another image's content —
+# the failure this scenario exists to catch — fails the check.
+guest_sees_own() {
+    local console=$1 dev=$2 ro=$3 tag=$4 read own=0 empty=0 other=0
+    while IFS= read -r read; do
+        case "$read" in
+        "XENTEST-IMAGE $tag") own=$((own + 1)) ;;
+        "") empty=$((empty + 1)) ;;
+        *) other=$((other + 1)) ;;
+        esac
+    done < <(disk_reads "$console" "$dev" "$ro")
+    xt_figure "${dev}_empty_reads" "$empty"
+    [ "$other" = 0 ] && [ "$own" -ge 1 ]
+}
+
 # guest_two_disks <script>
 guest_two_disks() {
     local script=$1 name=xt-guest domid token tag_a tag_b img_a=/tmp/guest-a.img img_b=/tmp/guest-b.img
@@ -13,6 +38,9 @@ guest_two_disks() {
     token="token-$RANDOM$RANDOM"
     tag_a="guest-a-$RANDOM"
     tag_b="guest-b-$RANDOM"
+    # A repeat in the same boot starts from nothing: no old image content,
+    # no console lines of an earlier guest of the same name.
+    rm -f "$img_a" "$img_b" "$console"
     make_image "$img_a" 32 "$tag_a"
     make_image "$img_b" 32 "$tag_b"
     cat >"$XT_STATE/guest.cfg" <<EOF
@@ -39,7 +67,8 @@ EOF
     be_b=$(backend_dir "$domid" 51728)
     xt_check "the guest reported back (GUEST-DONE on its console)" wait_for 150 grep -q GUEST-DONE "$console"
     xt_evidence "guest done after $(($(ms_now) - t0)) ms"
-    xt_evidence_cmd "guest console" grep -a GUEST- "$console"
+    xt_evidence_cmd "guest console" cat "$console"
+    xt_evidence_cmd "dom0 kernel" bash -c "dmesg --notime | grep -iE 'blkback|blkif|loop|vbd|i/o error' | tail -20"
     dump_backend "$be_a"
     dump_backend "$be_b"
     dump_vbd_sysfs "vbd-$domid-51712"
@@ -48,9 +77,9 @@ EOF
     xt_expect_eq "backend of xvda Connected" "$(xs_read "$be_a/state")" 4
     xt_expect_eq "backend of xvdb Connected" "$(xs_read "$be_b/state")" 4
     xt_check "the guest sees xvda read-only with its own content" \
-        grep -qF "GUEST-DISK xvda ro=1 first=[XENTEST-IMAGE $tag_a]" "$console"
+        guest_sees_own "$console" xvda 1 "$tag_a"
     xt_check "the guest sees xvdb writable with its own content" \
-        grep -qF "GUEST-DISK xvdb ro=0 first=[XENTEST-IMAGE $tag_b]" "$console"
+        guest_sees_own "$console" xvdb 0 "$tag_b"
     xt_check "the guest's write to xvdb succeeded" grep -qF "GUEST-WRITE xvdb ok" "$console"
     if [ "$script" = "$DISKSEQ_SCRIPT" ]; then
         local be

@@ -55,7 +55,7 @@ while read -r name _budget; do
         echo "xentest: FAIL $name: $why"
         # The failed checks first, then the evidence (the report has it all).
         echo "$own" | grep '^XENTEST CHECK-FAIL' | sed 's/^/    /'
-        echo "$own" | grep '^XENTEST EVIDENCE' | sed 's/^/    /' | head -60
+        echo "$own" | grep '^XENTEST EVIDENCE' | sed 's/^/    /' | head -200
     fi
     echo "$own" | grep '^XENTEST FIGURE ' | sed 's/^XENTEST FIGURE /    figure: /'
 done <"$plan"
