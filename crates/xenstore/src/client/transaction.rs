@@ -75,13 +75,7 @@ impl<'c> Transaction<'c> {
     /// the first reply is read. Missing nodes are `None`; any other failure
     /// is the first such error, in path order.
     pub fn read_many(&mut self, paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        for path in paths {
-            ops::checked(MsgType::Read, path)?;
-        }
-        let requests: Vec<_> = paths
-            .iter()
-            .map(|path| (MsgType::Read, wire::path_payload(path), *path))
-            .collect();
+        let requests = path_requests(MsgType::Read, paths)?;
         self.client
             .request_many(self.id, &requests)?
             .into_iter()
@@ -93,13 +87,7 @@ impl<'c> Transaction<'c> {
     /// [`read_many`](Self::read_many)); the first failure, in order, is
     /// returned after all replies are in.
     pub fn write_many(&mut self, items: &[(&str, &[u8])]) -> Result<()> {
-        for (path, _) in items {
-            ops::checked(MsgType::Write, path)?;
-        }
-        let requests: Vec<_> = items
-            .iter()
-            .map(|(path, value)| (MsgType::Write, wire::write_payload(path, value), *path))
-            .collect();
+        let requests = write_requests(items)?;
         self.client
             .request_many(self.id, &requests)?
             .into_iter()
@@ -110,13 +98,7 @@ impl<'c> Transaction<'c> {
     /// [`write_many`](Self::write_many)); the first failure, in order, is
     /// returned after all replies are in.
     pub fn rm_many(&mut self, paths: &[&str]) -> Result<()> {
-        for path in paths {
-            ops::checked(MsgType::Rm, path)?;
-        }
-        let requests: Vec<_> = paths
-            .iter()
-            .map(|path| (MsgType::Rm, wire::path_payload(path), *path))
-            .collect();
+        let requests = path_requests(MsgType::Rm, paths)?;
         self.client
             .request_many(self.id, &requests)?
             .into_iter()
@@ -135,21 +117,8 @@ impl<'c> Transaction<'c> {
         reads: &[&str],
         writes: &[(&str, &[u8])],
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        for path in reads {
-            ops::checked(MsgType::Read, path)?;
-        }
-        for (path, _) in writes {
-            ops::checked(MsgType::Write, path)?;
-        }
-        let requests: Vec<_> = reads
-            .iter()
-            .map(|path| (MsgType::Read, wire::path_payload(path), *path))
-            .chain(
-                writes
-                    .iter()
-                    .map(|(path, value)| (MsgType::Write, wire::write_payload(path, value), *path)),
-            )
-            .collect();
+        let mut requests = path_requests(MsgType::Read, reads)?;
+        requests.extend(write_requests(writes)?);
         let mut outcomes = self.client.request_many(self.id, &requests)?;
         let write_outcomes = outcomes.split_off(reads.len());
         let values = outcomes
@@ -169,13 +138,7 @@ impl<'c> Transaction<'c> {
     /// the values must be read again; [`Client::read_many_atomically`]
     /// does that.
     pub fn read_many_and_commit(mut self, paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        for path in paths {
-            ops::checked(MsgType::Read, path)?;
-        }
-        let mut requests: Vec<_> = paths
-            .iter()
-            .map(|path| (MsgType::Read, wire::path_payload(path), *path))
-            .collect();
+        let mut requests = path_requests(MsgType::Read, paths)?;
         requests.push((
             MsgType::TransactionEnd,
             wire::transaction_end_payload(true),
@@ -274,4 +237,32 @@ impl Drop for Transaction<'_> {
             let _ = self.end(false);
         }
     }
+}
+
+/// One pipelined request of a batch: its type, payload and the path it
+/// names (for errors).
+type BatchRequest<'p> = (MsgType, Vec<u8>, &'p str);
+
+/// The requests of a batch whose payload is just a path (READ, RM), every
+/// path validated before anything is sent, so an invalid one fails the
+/// whole batch without a round trip.
+fn path_requests<'p>(kind: MsgType, paths: &[&'p str]) -> Result<Vec<BatchRequest<'p>>> {
+    paths
+        .iter()
+        .map(|path| {
+            ops::checked(kind, path)?;
+            Ok((kind, wire::path_payload(path), *path))
+        })
+        .collect()
+}
+
+/// The WRITE requests of a batch, validated like [`path_requests`].
+fn write_requests<'p>(items: &[(&'p str, &[u8])]) -> Result<Vec<BatchRequest<'p>>> {
+    items
+        .iter()
+        .map(|(path, value)| {
+            ops::checked(MsgType::Write, path)?;
+            Ok((MsgType::Write, wire::write_payload(path, value), *path))
+        })
+        .collect()
 }
