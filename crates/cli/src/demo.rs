@@ -17,14 +17,27 @@ pub struct DemoArgs {
     #[arg(long)]
     json: bool,
     /// Hotplug script to attach with (default: block-diskseq next to this
-    /// executable).
+    /// executable, else this executable run as block-diskseq).
     #[arg(long, value_name = "PATH")]
     script: Option<PathBuf>,
 }
 
+/// The hotplug script's file name; `diskseq` run under it is the script.
+pub const HOTPLUG_SCRIPT_NAME: &str = "block-diskseq";
+
 pub fn run(args: DemoArgs) -> CmdResult {
+    // Held until the demo ends: the link to ourselves, when we need one.
+    let mut _multicall_dir = None;
+    let script = match args.script {
+        Some(script) => script,
+        None => {
+            let (script, dir) = default_script()?;
+            _multicall_dir = dir;
+            script
+        }
+    };
     let options = DemoOptions {
-        script: args.script,
+        script: Some(script),
     };
     let json = args.json;
     let mut out = std::io::stdout().lock();
@@ -60,6 +73,32 @@ pub fn run(args: DemoArgs) -> CmdResult {
             "the demo's expectations did not hold (see above)".into(),
         ))
     }
+}
+
+/// `block-diskseq` next to this executable (built and installed together:
+/// `cargo build`, the package); without it (`cargo run` builds only
+/// `diskseq`), a link named `block-diskseq` to this executable in a private
+/// directory, which runs the same script code (see `main`).
+fn default_script() -> Result<(PathBuf, Option<tempfile::TempDir>), Failure> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::Error(format!("locating this executable: {e}")))?;
+    let sibling = exe.with_file_name(HOTPLUG_SCRIPT_NAME);
+    if sibling.exists() {
+        return Ok((sibling, None));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("diskseq-demo-script-")
+        .tempdir()
+        .map_err(|e| Failure::Error(format!("creating a directory for the script link: {e}")))?;
+    let link = dir.path().join(HOTPLUG_SCRIPT_NAME);
+    std::os::unix::fs::symlink(&exe, &link).map_err(|e| {
+        Failure::Error(format!(
+            "linking {} to {}: {e}",
+            link.display(),
+            exe.display()
+        ))
+    })?;
+    Ok((link, Some(dir)))
 }
 
 fn verdict(report: &DemoReport) -> String {

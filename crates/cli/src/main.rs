@@ -52,6 +52,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Invoked under the hotplug script's name (a link made by `diskseq
+    // demo`), this binary is `block-diskseq`: the same `vbd::hotplug::main`
+    // the standalone binary runs, so the demo works after `cargo run`, which
+    // builds only this binary.
+    if invoked_as_hotplug_script() {
+        return match vbd::hotplug::main(std::env::args_os().skip(1)) {
+            0 => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        };
+    }
     let cli = Cli::parse();
     let result: exit::CmdResult = match cli.command {
         Command::Ls(args) => dev::ls(args),
@@ -66,4 +76,12 @@ fn main() -> ExitCode {
         Command::Xenstored(args) => xenstored_cmd::run(args),
     };
     exit::finish(result)
+}
+
+/// Whether argv[0]'s file name is `block-diskseq` (busybox-style multicall).
+fn invoked_as_hotplug_script() -> bool {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .is_some_and(|arg0| arg0.file_name() == Some(demo::HOTPLUG_SCRIPT_NAME.as_ref()))
 }
