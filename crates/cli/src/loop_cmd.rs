@@ -27,6 +27,8 @@ pub enum LoopCommand {
     Detach(DetachArgs),
     /// List bound loop devices.
     Ls(LsArgs),
+    /// Detach loop devices block-diskseq left behind (listed first; --dry-run).
+    Gc(crate::loop_gc::GcArgs),
 }
 
 #[derive(Args)]
@@ -69,6 +71,7 @@ pub fn run(command: LoopCommand) -> CmdResult {
         LoopCommand::Attach(args) => attach(args),
         LoopCommand::Detach(args) => detach(args),
         LoopCommand::Ls(args) => ls(args),
+        LoopCommand::Gc(args) => crate::loop_gc::run(args),
     }
 }
 

@@ -6,6 +6,7 @@ mod demo;
 mod dev;
 mod exit;
 mod loop_cmd;
+mod loop_gc;
 mod vbd_cmd;
 mod xenstored_cmd;
 mod xs;

@@ -6,6 +6,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::id::{DevNum, DiskId, DiskSeq, FileId};
+use crate::loop_label::LoopLabel;
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -41,6 +42,21 @@ pub enum Error {
         expected: FileId,
         /// The backing file the kernel reports.
         found: FileId,
+    },
+
+    /// A loop device does not carry the label it was attached with: another
+    /// binding under the same number and diskseq (kernels before 6.5 keep a
+    /// loop device's diskseq across attaches).
+    #[error("{path} ({id}) carries label {}, expected {expected}", found.as_ref().map_or("none", |l| l.as_str()))]
+    WrongLabel {
+        /// The loop device.
+        path: PathBuf,
+        /// Its identity.
+        id: DiskId,
+        /// The label asked for.
+        expected: LoopLabel,
+        /// The label the kernel reports.
+        found: Option<LoopLabel>,
     },
 
     /// The path exists but is something else than a block device.
@@ -158,7 +174,10 @@ impl Error {
     pub fn is_stale(&self) -> bool {
         matches!(
             self,
-            Error::Stale { .. } | Error::NoSuchDiskSeq { .. } | Error::WrongBacking { .. }
+            Error::Stale { .. }
+                | Error::NoSuchDiskSeq { .. }
+                | Error::WrongBacking { .. }
+                | Error::WrongLabel { .. }
         )
     }
 

@@ -13,13 +13,15 @@ mod error;
 mod id;
 pub mod ioctl;
 mod loop_device;
+mod loop_label;
 mod sysfs;
 
 pub use device::{open_by_diskseq, open_verified, Access, BlockDevice};
 pub use error::{Error, Result};
 pub use id::{DevNum, DiskId, DiskSeq, DiskSeqParseError, FileId, ParseError};
 pub use loop_device::{
-    detach_verified, list_loops, loop_info, LoopDevice, LoopInfo, LoopOptions, PersistError,
-    LOOP_MAJOR,
+    detach_labeled, detach_verified, list_loops, loop_info, LoopDevice, LoopInfo, LoopOptions,
+    PersistError, LOOP_MAJOR,
 };
+pub use loop_label::{LoopLabel, LoopLabelError};
 pub use sysfs::{list_devices, DeviceEntry, DeviceKind};

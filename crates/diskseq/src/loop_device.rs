@@ -27,6 +27,7 @@ use crate::id::{DevNum, DiskId, DiskSeq, FileId};
 use crate::ioctl::{
     self, LO_FLAGS_AUTOCLEAR, LO_FLAGS_DIRECT_IO, LO_FLAGS_PARTSCAN, LO_FLAGS_READ_ONLY,
 };
+use crate::loop_label::LoopLabel;
 use crate::sysfs;
 
 /// The loop driver's major number (fixed in the kernel).
@@ -54,6 +55,10 @@ pub struct LoopOptions {
     pub offset: u64,
     /// Device size in bytes; 0 means up to the end of the file.
     pub size_limit: u64,
+    /// A label stored in the device itself (its `lo_file_name`), so that
+    /// the device can be recognised later by [`LoopInfo::label`] and
+    /// detached only if it still carries it ([`detach_labeled`]).
+    pub label: Option<LoopLabel>,
 }
 
 impl LoopOptions {
@@ -198,6 +203,18 @@ impl LoopDevice {
     pub fn into_block_device(self) -> BlockDevice {
         self.device
     }
+
+    /// Detaches the device now (`LOOP_CLR_FD` on our own fd), for a caller
+    /// that attached it persistent and then could not use it. If others
+    /// hold it open, the kernel detaches it when the last of them closes.
+    pub fn detach(&self) -> Result<()> {
+        match ioctl::loop_clr_fd(self.device.as_fd()) {
+            Ok(()) => Ok(()),
+            // Already detached (by someone holding the number): nothing left.
+            Err(e) if is_errno(&e, Errno::NXIO) => Ok(()),
+            Err(e) => Err(Error::io("LOOP_CLR_FD on", self.device.path(), e)),
+        }
+    }
 }
 
 impl AsFd for LoopDevice {
@@ -318,6 +335,9 @@ fn try_attach_at(
     info.lo_offset = opts.offset;
     info.lo_sizelimit = opts.size_limit;
     info.lo_flags = opts.flags();
+    if let Some(label) = &opts.label {
+        info.lo_file_name = label.to_field();
+    }
     let config = ioctl::loop_config {
         fd: backing.as_raw_fd() as u32,
         block_size: opts.block_size.unwrap_or(0),
@@ -409,6 +429,15 @@ fn check_binding(
             info.lo_offset, info.lo_sizelimit, opts.offset, opts.size_limit
         ));
     }
+    if let Some(label) = &opts.label {
+        let kept = LoopLabel::from_field(&info.lo_file_name);
+        if kept.as_ref() != Some(label) {
+            return mismatch(format!(
+                "label {}, asked {label}",
+                kept.map_or_else(|| "missing".to_owned(), |l| l.to_string())
+            ));
+        }
+    }
     if let Some(size) = opts.block_size {
         let got = ioctl::logical_block_size(fd).map_err(|e| Error::io("BLKSSZGET on", path, e))?;
         if got != size {
@@ -441,6 +470,8 @@ pub struct LoopInfo {
     pub partscan: bool,
     /// Direct I/O to the backing file.
     pub direct_io: bool,
+    /// The label it was attached with ([`LoopOptions::label`]), if any.
+    pub label: Option<LoopLabel>,
 }
 
 /// Whether `dev` is a whole loop device (a partition of a loop device
@@ -465,7 +496,8 @@ pub fn loop_info(dev: &BlockDevice) -> Result<Option<LoopInfo>> {
         .iter()
         .position(|&b| b == 0)
         .unwrap_or(info.lo_file_name.len());
-    let kernel_name = (name_len > 0).then(|| {
+    // losetup stores the backing path in the same field; a label is not one.
+    let kernel_name = (name_len > 0 && info.lo_file_name[0] == b'/').then(|| {
         PathBuf::from(String::from_utf8_lossy(&info.lo_file_name[..name_len]).into_owned())
     });
     Ok(Some(LoopInfo {
@@ -483,6 +515,7 @@ pub fn loop_info(dev: &BlockDevice) -> Result<Option<LoopInfo>> {
         autoclear: info.lo_flags & LO_FLAGS_AUTOCLEAR != 0,
         partscan: info.lo_flags & LO_FLAGS_PARTSCAN != 0,
         direct_io: info.lo_flags & LO_FLAGS_DIRECT_IO != 0,
+        label: LoopLabel::from_field(&info.lo_file_name),
     }))
 }
 
@@ -492,6 +525,20 @@ pub fn loop_info(dev: &BlockDevice) -> Result<Option<LoopInfo>> {
 /// mismatch nothing is touched. If others still hold the device open, the
 /// kernel detaches it when the last of them closes it.
 pub fn detach_verified(id: &DiskId, backing: Option<FileId>) -> Result<()> {
+    detach_checked(id, backing, None)
+}
+
+/// [`detach_verified`], and the device must also still carry `label`
+/// (checked on the same fd, with number, diskseq and backing file): the
+/// proof that it is the device whoever labelled it attached. This matters
+/// where the kernel does not bump a loop device's diskseq on attach
+/// (before 6.5): there `(number, diskseq)` names the device, not the
+/// binding, and the label is what tells our binding from a later one.
+pub fn detach_labeled(id: &DiskId, backing: Option<FileId>, label: &LoopLabel) -> Result<()> {
+    detach_checked(id, backing, Some(label))
+}
+
+fn detach_checked(id: &DiskId, backing: Option<FileId>, label: Option<&LoopLabel>) -> Result<()> {
     let device = open_verified(*id, Access::ReadOnly)?;
     let path = device.path();
     if !is_loop_disk(&device) {
@@ -520,6 +567,17 @@ pub fn detach_verified(id: &DiskId, backing: Option<FileId>) -> Result<()> {
             expected,
             found,
         });
+    }
+    if let Some(expected) = label {
+        let found = LoopLabel::from_field(&status.lo_file_name);
+        if found.as_ref() != Some(expected) {
+            return Err(Error::WrongLabel {
+                path: path.to_owned(),
+                id: *id,
+                expected: expected.clone(),
+                found,
+            });
+        }
     }
     match ioctl::loop_clr_fd(device.as_fd()) {
         Ok(()) => Ok(()),

@@ -676,6 +676,7 @@ fn run_race(
         physical_device_path: victim.path().to_owned(),
         diskseq: Some(published_id.seq),
         node: None,
+        backing: None,
     };
     {
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());

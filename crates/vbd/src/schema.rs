@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use diskseq::{DevNum, DiskSeq};
+use diskseq::{DevNum, DiskSeq, FileId, LoopLabel};
 
 /// Node names inside a backend directory `backend/vbd/<fe-domid>/<devid>`.
 pub mod node {
@@ -61,12 +61,11 @@ pub mod node {
     pub const DISKSEQ: &str = "diskseq";
     /// `/dev/loopN`, only for a loop device the script created.
     pub const NODE: &str = "node";
-    /// "1" when the loop device in `node` was handed to the backend with
-    /// autoclear: it detaches itself when the backend closes it, so `remove`
-    /// finding another disk under its number is expected, not a swap.
-    /// Absent for a persistent loop device (no backend signal), which
-    /// `remove` detaches itself. (block-diskseq's own node.)
-    pub const AUTOCLEAR: &str = "diskseq-autoclear";
+    /// The backing file of the loop device in `node`, as the kernel bound
+    /// it: `maj:min:ino` of its `st_dev` and `st_ino`, lower-case hex.
+    /// `remove` detaches only a device still bound to that inode, whatever
+    /// `params` names by then. (block-diskseq's own node.)
+    pub const BACKING: &str = "diskseq-backing";
     /// `connected`, `error` or `busy`.
     pub const HOTPLUG_STATUS: &str = "hotplug-status";
     /// Why the script failed.
@@ -494,22 +493,25 @@ pub struct PublishedDevice {
     pub diskseq: Option<DiskSeq>,
     /// `node`: the loop device the script created, if any.
     pub node: Option<PathBuf>,
+    /// `diskseq-backing`: that loop device's backing file.
+    pub backing: Option<FileId>,
 }
 
 impl PublishedDevice {
     /// The nodes [`PublishedDevice::from_values`] reads, in that order.
-    pub const NODES: [&'static str; 4] = [
+    pub const NODES: [&'static str; 5] = [
         node::PHYSICAL_DEVICE,
         node::PHYSICAL_DEVICE_PATH,
         node::DISKSEQ,
         node::NODE,
+        node::BACKING,
     ];
 
     /// The node/value pairs to write (all in one transaction). `diskseq`
     /// comes first only for readability of traces; atomicity comes from the
     /// transaction.
     pub fn to_nodes(&self) -> Vec<(&'static str, Vec<u8>)> {
-        let mut nodes = Vec::with_capacity(4);
+        let mut nodes = Vec::with_capacity(Self::NODES.len());
         if let Some(seq) = self.diskseq {
             nodes.push((node::DISKSEQ, seq.to_xenstore().into_bytes()));
         }
@@ -523,6 +525,9 @@ impl PublishedDevice {
         ));
         if let Some(loop_node) = &self.node {
             nodes.push((node::NODE, loop_node.as_os_str().as_bytes().to_vec()));
+        }
+        if let Some(backing) = self.backing {
+            nodes.push((node::BACKING, backing_to_node(backing).into_bytes()));
         }
         nodes
     }
@@ -562,12 +567,78 @@ impl PublishedDevice {
         let loop_node = get(3)
             .map(|raw| absolute_path(node::NODE, raw))
             .transpose()?;
+        let backing = get(4).map(backing_from_node).transpose()?;
         Ok(Some(PublishedDevice {
             physical_device,
             physical_device_path,
             diskseq,
             node: loop_node,
+            backing,
         }))
+    }
+}
+
+/// `diskseq-backing`'s text: `maj:min:ino`, lower-case hex.
+fn backing_to_node(file: FileId) -> String {
+    format!(
+        "{}:{:x}",
+        DevNum::from_rdev(file.dev).to_xenstore(),
+        file.ino
+    )
+}
+
+/// Parses `diskseq-backing` (see [`node::BACKING`]).
+fn backing_from_node(raw: &[u8]) -> Result<FileId, SchemaError> {
+    let invalid = || SchemaError::invalid(node::BACKING, raw, "expected maj:min:ino in hex");
+    let text = std::str::from_utf8(raw).map_err(|_| invalid())?;
+    let (dev, ino) = text.rsplit_once(':').ok_or_else(invalid)?;
+    let dev = DevNum::parse_xenstore(dev).map_err(|_| invalid())?;
+    let canonical = !ino.is_empty()
+        && ino
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && (ino == "0" || !ino.starts_with('0'));
+    let ino = canonical
+        .then(|| u64::from_str_radix(ino, 16).ok())
+        .flatten()
+        .ok_or_else(invalid)?;
+    Ok(FileId {
+        dev: dev.to_rdev(),
+        ino,
+    })
+}
+
+/// What a loop device created for a vbd carries in its name field: the
+/// backend directory it was made for. `remove` finds by it the device of an
+/// `add` killed before it published, and `diskseq loop gc` the devices whose
+/// backend is gone; a device without it is never touched.
+pub const LOOP_LABEL_PREFIX: &str = "diskseq-vbd:";
+
+impl BackendPath {
+    /// The label of a loop device made for this backend:
+    /// `diskseq-vbd:vbd/<fe>/<devid>` for the relative form (this domain's
+    /// backend), `diskseq-vbd:<be>/vbd/<fe>/<devid>` for the absolute one.
+    /// At most 48 bytes, within the kernel's 63.
+    pub fn loop_label(&self) -> LoopLabel {
+        let tail = format!("vbd/{}/{}", self.frontend_domid, self.devid);
+        let text = match self.backend_domid {
+            Some(be) => format!("{LOOP_LABEL_PREFIX}{be}/{tail}"),
+            None => format!("{LOOP_LABEL_PREFIX}{tail}"),
+        };
+        LoopLabel::new(text).expect("a vbd label is short printable ASCII")
+    }
+
+    /// The backend a [`loop_label`](Self::loop_label) names; `None` for any
+    /// other label.
+    pub fn from_loop_label(label: &LoopLabel) -> Option<BackendPath> {
+        let rest = label.as_str().strip_prefix(LOOP_LABEL_PREFIX)?;
+        let path = match rest.split_once("/vbd/") {
+            Some((be, tail)) => format!("{DOMAIN_PREFIX}{be}/{BACKEND_VBD_PREFIX}{tail}"),
+            None => format!("backend/{}", rest),
+        };
+        BackendPath::parse(&path)
+            .ok()
+            .filter(|parsed| parsed.loop_label() == *label)
     }
 }
 
@@ -594,7 +665,7 @@ pub fn absolute_path(node_name: &str, raw: &[u8]) -> Result<PathBuf, SchemaError
 pub fn domid(node_name: &str, raw: &[u8]) -> Result<u32, SchemaError> {
     std::str::from_utf8(raw)
         .ok()
-        .and_then(|s| parse_id(s.trim()))
+        .and_then(parse_id)
         .ok_or_else(|| SchemaError::invalid(node_name, raw, "expected a decimal domain id"))
 }
 
@@ -716,6 +787,14 @@ mod tests {
             physical_device_path: "/dev/loop12".into(),
             diskseq: DiskSeq::new(0x2a),
             node: Some("/dev/loop12".into()),
+            backing: Some(FileId {
+                dev: DevNum {
+                    major: 254,
+                    minor: 1,
+                }
+                .to_rdev(),
+                ino: 0x1234,
+            }),
         };
         let nodes = rec.to_nodes();
         let value = |name: &str| {
@@ -726,8 +805,37 @@ mod tests {
         };
         assert_eq!(value(node::PHYSICAL_DEVICE).unwrap(), b"7:c");
         assert_eq!(value(node::DISKSEQ).unwrap(), b"2a");
+        assert_eq!(value(node::BACKING).unwrap(), b"fe:1:1234");
         let values: Vec<_> = PublishedDevice::NODES.iter().map(|n| value(n)).collect();
         assert_eq!(PublishedDevice::from_values(&values).unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn loop_labels_name_their_backend() {
+        for backend in [
+            BackendPath::new(3, 51712),
+            BackendPath::new_absolute(5, 3, 51712),
+            BackendPath::new_absolute(u32::MAX, u32::MAX, u32::MAX),
+        ] {
+            let label = backend.loop_label();
+            assert!(label.as_str().starts_with(LOOP_LABEL_PREFIX));
+            assert_eq!(BackendPath::from_loop_label(&label), Some(backend));
+        }
+        assert_eq!(
+            BackendPath::new(3, 51712).loop_label().as_str(),
+            "diskseq-vbd:vbd/3/51712"
+        );
+        for other in [
+            "losetup-name",
+            "diskseq-vbd:",
+            "diskseq-vbd:vbd/3",
+            "diskseq-vbd:vbd/03/1",
+            "diskseq-vbd:x/vbd/3/1",
+            "diskseq-vbd:vbd/3/1/extra",
+        ] {
+            let label = LoopLabel::new(other).unwrap();
+            assert_eq!(BackendPath::from_loop_label(&label), None, "{other}");
+        }
     }
 
     #[test]
@@ -781,6 +889,19 @@ mod tests {
         );
         assert_eq!(domid("frontend-id", b"12").unwrap(), 12);
         assert!(domid("frontend-id", b"").is_err());
+        for bad in [&b"5 "[..], b" 5", b"05", b"5\n", b"+5", b"-1"] {
+            assert!(domid("frontend-id", bad).is_err(), "{bad:?}");
+        }
+        for bad in [
+            &b"fe:1"[..],
+            b"fe:1:",
+            b"fe:1:01",
+            b"fe:1:X",
+            b"fe:1:-1",
+            b"fe::1",
+        ] {
+            assert!(backing_from_node(bad).is_err(), "{bad:?}");
+        }
         assert!(flag(Some(b"1")) && !flag(Some(b"0")) && !flag(None) && !flag(Some(b"x")));
     }
 }

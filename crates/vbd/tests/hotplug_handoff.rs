@@ -1,14 +1,14 @@
-//! The handoff: `add` holds its fd on the device until the backend proves it
-//! holds the device itself — the `opened` node handshake (both ways, and
-//! its timeout), the stock blkback sysfs attribute (against a stand-in
-//! directory), a backend that gives up — and the device then lives exactly
-//! as long as the backend holds it (autoclear).
+//! The handoff: with a backend that checks diskseq (`opened` node at probe),
+//! `add` holds its fd on an autoclear device until the backend says it holds
+//! the device — the handshake both ways, its timeout, a backend that gives
+//! up — and the device then lives exactly as long as the backend holds it.
+//! With any other backend the device is persistent from the start, labelled
+//! for its backend, and nothing is waited for.
 
 mod hotplug_support;
 
 use std::time::{Duration, Instant};
 
-use diskseq::{Access, DevNum, DiskId, DiskSeq};
 use hotplug_support::*;
 use vbd::schema::node;
 
@@ -141,111 +141,57 @@ fn backend_closing_during_the_wait_fails_at_once() {
     assert_no_loops(&image);
 }
 
-/// Stock blkback: `vbd-<fe>-<devid>` exists from probe; `physical_device`
-/// appears once it opened the device. The stand-in plays both.
+/// Stock blkback checks nothing (and writes no `opened`): the device is
+/// attached persistent, so nothing can free its number under the record,
+/// and the script does not wait for the backend at all — even where stock
+/// blkback's sysfs directory exists.
 #[test]
-fn sysfs_attribute_ends_the_wait_only_for_the_published_device() {
+fn a_backend_without_the_check_gets_a_persistent_device_at_once() {
     if !privileged() {
         return;
     }
     let bed = Bed::new();
-    let image = bed.image("sysfs.img", 4);
+    let image = bed.image("stock.img", 4);
     let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
-    let dir = bed.blkback_dir(&backend);
-    std::fs::create_dir_all(&dir).unwrap();
-    bed.write(&backend, node::STATE, "2");
-
-    let stand_in = {
-        let mut client = bed.client();
-        let dir = dir.clone();
-        let (pd, seq) = (
-            backend.node(node::PHYSICAL_DEVICE),
-            backend.node(node::DISKSEQ),
-        );
-        std::thread::spawn(move || {
-            client.watch(&pd, "t").unwrap();
-            let raw = loop {
-                if let Some(raw) = client.read_opt(&pd).unwrap() {
-                    break raw;
-                }
-                client.next_event(Some(Duration::from_millis(50))).unwrap();
-            };
-            let dev = DevNum::parse_xenstore(std::str::from_utf8(&raw).unwrap()).unwrap();
-            let seq = DiskSeq::parse_xenstore(&client.read_string(&seq).unwrap()).unwrap();
-            // A wrong device number first: the script must keep waiting.
-            std::fs::write(
-                dir.join("physical_device"),
-                format!("{:x}:{:x}\n", dev.major, dev.minor + 1),
-            )
-            .unwrap();
-            std::thread::sleep(Duration::from_millis(100));
-            let device = diskseq::open_verified(
-                DiskId {
-                    major: dev.major,
-                    minor: dev.minor,
-                    seq,
-                },
-                Access::ReadOnly,
-            )
-            .unwrap();
-            std::fs::write(
-                dir.join("physical_device"),
-                format!("{:x}:{:x}\n", dev.major, dev.minor),
-            )
-            .unwrap();
-            device
-        })
-    };
-    let start = Instant::now();
-    let run = bed.run("add", &backend, &[]);
-    let device = stand_in.join().unwrap();
+    std::fs::create_dir_all(bed.blkback_dir(&backend)).unwrap();
+    // A timeout this short would fail any wait.
+    let run = bed.run("add", &backend, &[("BLOCK_DISKSEQ_TIMEOUT", "0.001")]);
     run.assert_ok();
     assert!(
-        start.elapsed() >= Duration::from_millis(100),
-        "a wrong attribute must not end the wait"
+        run.log.contains("stays attached until remove"),
+        "{}",
+        run.log
     );
-    assert!(run.log.contains("physical_device ="), "{}", run.log);
+    assert_eq!(
+        bed.read(&backend, node::HOTPLUG_STATUS).as_deref(),
+        Some("connected")
+    );
     let loops = image.loops();
     assert_eq!(loops.len(), 1);
-    assert!(loops[0].autoclear);
-    drop(device);
+    assert!(!loops[0].autoclear, "persistent from the start");
+    assert_eq!(
+        loops[0].label.as_ref().map(|l| l.as_str()),
+        Some("diskseq-vbd:vbd/5/768"),
+        "labelled with its backend"
+    );
+    let record = record(&bed, &backend);
+    assert_eq!(record.backing, Some(image.id), "the backing inode recorded");
+    assert_eq!(record.diskseq, Some(loops[0].id.seq));
+    bed.run("remove", &backend, &[]).assert_ok();
     assert_no_loops(&image);
 }
 
 #[test]
-fn sysfs_attribute_that_never_appears_times_out() {
+fn handoff_persistent_policy_ignores_the_opened_node() {
     if !privileged() {
         return;
     }
     let bed = Bed::new();
-    let image = bed.image("sysfs-never.img", 4);
-    let backend = bed.libxl_add(5, 768, image.path_bytes(), "r");
-    std::fs::create_dir_all(bed.blkback_dir(&backend)).unwrap();
-    let run = bed.run("add", &backend, &[("BLOCK_DISKSEQ_TIMEOUT", "0.2")]);
-    run.assert_failed();
-    let err = bed.read(&backend, node::HOTPLUG_ERROR).unwrap();
-    assert!(err.contains("physical_device"), "{err}");
-    assert_eq!(bed.read(&backend, node::PHYSICAL_DEVICE), None);
-    assert_no_loops(&image);
-}
-
-#[test]
-fn handoff_off_keeps_the_device_until_remove() {
-    if !privileged() {
-        return;
-    }
-    let bed = Bed::new();
-    let image = bed.image("off.img", 4);
+    let image = bed.image("persistent.img", 4);
     let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
     bed.write(&backend, node::OPENED, "0");
-    let run = bed.run("add", &backend, &[("BLOCK_DISKSEQ_HANDOFF", "off")]);
+    let run = bed.run("add", &backend, &[("BLOCK_DISKSEQ_HANDOFF", "persistent")]);
     run.assert_ok();
-    assert!(run.log.contains("made persistent"), "{}", run.log);
-    assert_eq!(
-        bed.read(&backend, node::AUTOCLEAR),
-        None,
-        "the record says: persistent"
-    );
     let loops = image.loops();
     assert_eq!(loops.len(), 1);
     assert!(!loops[0].autoclear);

@@ -14,7 +14,8 @@
 //! device, or a file some other loop device is bound to, adds the reads of
 //! every other vbd's record (the sharing scan). The handoff then needs no
 //! round trip of its own: its watches were registered in the first, and the
-//! transaction's reads are its starting point.
+//! transaction's reads are its starting point. (Only a backend that checks
+//! `diskseq` gets a wait at all; see `handoff`.)
 //!
 //! Reading every other record inside the publishing transaction is what
 //! makes the sharing check race-free without a global lock: if another add
@@ -36,7 +37,7 @@ use xenstore::client::{Client, Transaction};
 use super::config::Config;
 use super::error::HotplugError;
 use super::fault;
-use super::handoff::{self, Signal};
+use super::handoff::{self, Handoff};
 use super::log::Log;
 use super::loops;
 use super::mountinfo;
@@ -49,14 +50,14 @@ use crate::schema::{self, node, BackendPath, Mode, PublishedDevice, SchemaError,
 pub enum AddOutcome {
     /// `physical-device` already existed (the script ran twice): nothing done.
     AlreadyPresent,
-    /// The record was published and the backend took the device (or, with
-    /// no handoff signal, the device was made persistent).
+    /// The record was published; with the `opened` handoff, the backend
+    /// also took the device.
     Published {
         /// What was published.
         record: PublishedDevice,
-        /// How the handoff was closed.
-        signal: Signal,
-        /// How long the backend took.
+        /// How the device stays the published disk.
+        handoff: Handoff,
+        /// How long the backend took (zero for a persistent device).
         waited: Duration,
     },
 }
@@ -69,6 +70,10 @@ pub struct AddFailure {
     pub error: HotplugError,
     /// The record is in xenstore.
     pub published: bool,
+    /// The device the record names, still held: the caller drops it only
+    /// after withdrawing the record, so the record never names a number
+    /// freed under it.
+    pub held: Option<Box<Target>>,
 }
 
 impl<E: Into<HotplugError>> From<E> for AddFailure {
@@ -76,6 +81,7 @@ impl<E: Into<HotplugError>> From<E> for AddFailure {
         AddFailure {
             error: e.into(),
             published: false,
+            held: None,
         }
     }
 }
@@ -133,9 +139,19 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
         inputs.frontend_id
     ));
 
+    // Decided before attaching: a backend that checks diskseq gets an
+    // autoclear device held until it says `opened`; any other a persistent
+    // one, which nothing can free under the record.
+    let handoff = Handoff::choose(cfg.handoff, inputs.has_opened_node);
     let opened = target::open(&inputs.params, inputs.mode, &cfg.sysfs_root, &cfg.proc_root)?;
     fault::point("after-open");
-    let target = Target::attach(opened, inputs.mode, inputs.direct_io)?;
+    let target = Target::attach(
+        opened,
+        inputs.mode,
+        inputs.direct_io,
+        handoff,
+        &backend.loop_label(),
+    )?;
     fault::point("after-attach");
     let record = target.record();
     log.line(format_args!(
@@ -145,13 +161,6 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
         target.id().seq
     ));
 
-    // Decided before publishing, because the record says whether the loop
-    // device will detach itself (autoclear) or stay until `remove`.
-    let signal = handoff::choose(
-        cfg.handoff,
-        inputs.has_opened_node,
-        handoff::sysfs_dir(&cfg.sysfs_root, backend),
-    );
     let scan_start = Instant::now();
     let host = if inputs.mode.sharing_waived() {
         log.line("add: mode ! waives the sharing check");
@@ -160,8 +169,7 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
         HostUsers::gather(cfg, &target)?
     };
     let publish_start = Instant::now();
-    let autoclear = signal != Signal::None;
-    let Some(known) = publish(tx, backend, &inputs, &target, &host, autoclear, log)? else {
+    let Some(known) = publish(tx, backend, &inputs, &target, &host, log)? else {
         log.line("add: another run published physical-device first; dropping this device");
         return Ok(AddOutcome::AlreadyPresent);
     };
@@ -175,52 +183,45 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
         publish_start.elapsed(),
     ));
 
-    let published = |error: HotplugError| AddFailure {
-        error,
-        published: true,
-    };
-    let waited = match &signal {
-        Signal::None => {
-            if let Target::Loop { device, .. } = &target {
-                // Nothing can tell us when the backend has the device: make
-                // it outlive this process; `remove` detaches it, verified.
-                device
-                    .set_autoclear(false)
-                    .map_err(|e| published(e.into()))?;
+    let waited = match handoff {
+        Handoff::Persistent => {
+            if record.node.is_some() {
                 log.line(format_args!(
-                    "add: no handoff signal; {} made persistent",
+                    "add: {} stays attached until remove (the backend does not check diskseq)",
                     record.physical_device_path.display()
                 ));
             }
             Duration::ZERO
         }
-        signal => {
+        Handoff::Opened => {
             log.line(format_args!(
-                "add: holding the device until {}",
-                handoff::describe(signal, record.physical_device)
+                "add: holding the device until {} = 1",
+                node::OPENED
             ));
-            let waited = handoff::wait(
-                client,
-                backend,
-                signal,
-                record.physical_device,
-                cfg.timeout,
-                known,
-            )
-            .map_err(published)?;
-            log.line(format_args!(
-                "add: backend holds the device after {waited:?}"
-            ));
-            waited
+            match handoff::wait_opened(client, backend, cfg.timeout, known) {
+                Ok(waited) => {
+                    log.line(format_args!(
+                        "add: backend holds the device after {waited:?}"
+                    ));
+                    waited
+                }
+                Err(error) => {
+                    return Err(AddFailure {
+                        error,
+                        published: true,
+                        held: Some(Box::new(target)),
+                    })
+                }
+            }
         }
     };
-    // Dropping `target` closes our fd. A loop device keeps autoclear (unless
-    // made persistent above): it now lives exactly as long as the backend
-    // holds it.
-    drop(target);
+    // A persistent loop device now belongs to the record (`remove` detaches
+    // it); an autoclear one lives exactly as long as the backend holds it,
+    // once our fd closes here.
+    target.hand_over();
     Ok(AddOutcome::Published {
         record,
-        signal,
+        handoff,
         waited,
     })
 }
@@ -447,14 +448,10 @@ fn publish(
     inputs: &Inputs,
     target: &Target,
     host: &HostUsers,
-    autoclear: bool,
     log: &mut Log,
 ) -> Result<Option<handoff::Known>, HotplugError> {
     let record = target.record();
     let mut nodes = record.to_nodes();
-    if autoclear && record.node.is_some() {
-        nodes.push((node::AUTOCLEAR, b"1".to_vec()));
-    }
     nodes.push((node::HOTPLUG_STATUS, b"connected".to_vec()));
     let writes: Vec<(String, Vec<u8>)> = nodes
         .into_iter()

@@ -18,7 +18,7 @@ use crate::schema::{BackendPath, SchemaError};
 pub const ENV_TIMEOUT: &str = "BLOCK_DISKSEQ_TIMEOUT";
 /// `BLOCK_DISKSEQ_SYSFS`: the sysfs root (tests point it at a directory they control).
 pub const ENV_SYSFS: &str = "BLOCK_DISKSEQ_SYSFS";
-/// `BLOCK_DISKSEQ_HANDOFF`: `auto`, `opened`, `sysfs` or `off`.
+/// `BLOCK_DISKSEQ_HANDOFF`: `auto`, `opened` or `persistent`.
 pub const ENV_HANDOFF: &str = "BLOCK_DISKSEQ_HANDOFF";
 /// `BLOCK_DISKSEQ_LOG`: log file, overriding `/var/log/xen/xen-hotplug.log`.
 pub const ENV_LOG: &str = "BLOCK_DISKSEQ_LOG";
@@ -63,19 +63,17 @@ impl fmt::Display for Command {
     }
 }
 
-/// How `add` makes sure the backend, and not a look-alike, got the device
-/// before the script lets go of it.
+/// How a loop device made for the backend stays the published disk until
+/// the backend holds it (see `hotplug::handoff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandoffPolicy {
-    /// `opened` node if the backend writes one, else the stock blkback sysfs
-    /// attribute if its directory exists, else no wait.
+    /// `opened` if the backend wrote that node at probe (it checks
+    /// `diskseq`), else `persistent`.
     Auto,
-    /// Require the `opened` node handshake.
+    /// Autoclear, held until the backend's `opened` node turns "1".
     Opened,
-    /// Require the blkback sysfs attribute.
-    Sysfs,
-    /// Do not wait: make the device persistent and let `remove` detach it.
-    Off,
+    /// Attached persistent; `remove` detaches it. No wait.
+    Persistent,
 }
 
 impl HandoffPolicy {
@@ -83,8 +81,7 @@ impl HandoffPolicy {
         match value {
             "auto" => Some(HandoffPolicy::Auto),
             "opened" => Some(HandoffPolicy::Opened),
-            "sysfs" => Some(HandoffPolicy::Sysfs),
-            "off" => Some(HandoffPolicy::Off),
+            "persistent" => Some(HandoffPolicy::Persistent),
             _ => None,
         }
     }
@@ -207,7 +204,7 @@ impl Config {
         let handoff = match text(ENV_HANDOFF)? {
             None => HandoffPolicy::Auto,
             Some(v) => HandoffPolicy::parse(&v)
-                .ok_or_else(|| invalid(ENV_HANDOFF, &v, &"expected auto, opened, sysfs or off"))?,
+                .ok_or_else(|| invalid(ENV_HANDOFF, &v, &"expected auto, opened or persistent"))?,
         };
         let root = |name: &'static str, default: &str| -> Result<PathBuf, ConfigError> {
             match var(name) {
@@ -314,13 +311,13 @@ mod tests {
         let mut vars = LIBXL.to_vec();
         vars.extend([
             (ENV_TIMEOUT, "0.25"),
-            (ENV_HANDOFF, "sysfs"),
+            (ENV_HANDOFF, "persistent"),
             (ENV_SYSFS, "/tmp/fake-sys"),
             (ENV_LOG, "/tmp/h.log"),
         ]);
         let c = config(&["add"], &vars, true).unwrap();
         assert_eq!(c.timeout, Duration::from_millis(250));
-        assert_eq!(c.handoff, HandoffPolicy::Sysfs);
+        assert_eq!(c.handoff, HandoffPolicy::Persistent);
         assert_eq!(c.sysfs_root, PathBuf::from("/tmp/fake-sys"));
         assert_eq!(c.log, LogTarget::File("/tmp/h.log".into()));
     }

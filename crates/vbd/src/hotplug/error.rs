@@ -4,8 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use diskseq::{DevNum, DiskSeq};
-
 use super::config::ConfigError;
 use super::sharing::Conflict;
 use crate::schema::{SchemaError, XenbusState};
@@ -106,26 +104,6 @@ pub enum HotplugError {
         waited: Duration,
         /// The signal.
         what: String,
-    },
-    /// `remove` found a different disk at the recorded number: touches nothing.
-    #[error("{path} ({dev}) is no longer the device this script created (recorded diskseq {recorded}): {detail}; left alone")]
-    Swapped {
-        /// The loop device.
-        path: PathBuf,
-        /// Its number.
-        dev: DevNum,
-        /// The diskseq in the record.
-        recorded: DiskSeq,
-        /// What differs.
-        detail: String,
-    },
-    /// `remove` cannot prove which disk it would detach.
-    #[error("{backend}: {detail}; nothing detached")]
-    Unverifiable {
-        /// The backend directory.
-        backend: String,
-        /// Why not.
-        detail: String,
     },
 }
 

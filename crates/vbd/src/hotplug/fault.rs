@@ -13,7 +13,7 @@
 //!
 //! Steps, in the order `add` reaches them: `after-read`, `after-open`,
 //! `after-attach`, `before-publish`, `after-publish`, `in-wait`; `remove`
-//! has `after-detach`.
+//! has `after-withdraw`.
 
 /// The variable naming the step to die (or pause) at.
 pub const ENV_FAULT: &str = "BLOCK_DISKSEQ_FAULT";
@@ -28,7 +28,7 @@ pub const STEPS: &[&str] = &[
     "before-publish",
     "after-publish",
     "in-wait",
-    "after-detach",
+    "after-withdraw",
 ];
 
 /// Dies by SIGKILL, or pauses, here if the environment asks for it

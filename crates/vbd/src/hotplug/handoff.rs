@@ -1,70 +1,65 @@
-//! Closing the handoff window: the script keeps its fd on the device (which
-//! pins a loop device's binding) until the backend proves it holds the
-//! device itself, so no other disk can slip in under the published number.
+//! How a loop device made for the backend stays the published disk until
+//! the backend holds it — whatever happens to this script, which libxl (or
+//! the OOM killer) may SIGKILL at any instant.
 //!
-//! Two proofs exist in the wild (vbd-protocol.md §2–3, real-xen.md):
-//! - the `opened` node ("0" at probe, "1" once open): the diskseq kernel
-//!   patch's blkback and this project's backend write it;
-//! - stock Linux blkback creates `/sys/bus/xen-backend/devices/vbd-<fe>-<devid>`
-//!   at probe and adds its `physical_device` attribute only after it opened
-//!   the device: the attribute showing the published `maj:min` is the proof.
+//! The invariant: while `physical-device` is published and a backend may
+//! open it *without* checking `diskseq`, that number names the published
+//! disk instance until `remove` runs or the backend holds it. So the device
+//! is made according to the backend (vbd-protocol.md §2–3):
 //!
-//! While waiting, the backend's `state` is watched too: a backend that gives
-//! up (Closing, e.g. on a diskseq mismatch) or a directory that disappears
-//! ends the wait at once instead of at the timeout.
+//! - A backend that checks `diskseq` writes `opened` = "0" at probe (the
+//!   diskseq kernel patch's blkback, this project's backend). The loop
+//!   device keeps autoclear and the script holds its fd until `opened`
+//!   turns "1": the device lives exactly as long as the backend holds it.
+//!   Killed while waiting, the script's fd closes and the device detaches;
+//!   the number may be reused, but this backend refuses a disk whose
+//!   sequence number differs, so the record cannot misdirect it.
+//! - Any other backend (stock blkback, which checks nothing): the device is
+//!   attached persistent from the start. Nothing can make it vanish under
+//!   the record, so there is nothing to wait for; `remove` detaches it,
+//!   verified. A script killed before it published leaves a labelled
+//!   device that `remove` (or `diskseq loop gc`) finds by its label.
+//!
+//! (Earlier versions attached with autoclear everywhere and, for stock
+//! blkback, held the fd until its sysfs `physical_device` attribute showed
+//! the number: a script killed during that wait left a published record
+//! whose device autoclear had just freed — issue 10.)
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use diskseq::DevNum;
 use xenstore::client::Client;
 
 use super::config::HandoffPolicy;
 use super::error::HotplugError;
 use crate::schema::{node, BackendPath, XenbusState};
 
-/// What the script will wait for after publishing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Signal {
-    /// The backend's `opened` node turning "1".
+/// What keeps the published device the published disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Autoclear, held until the backend's `opened` node turns "1".
     Opened,
-    /// The stock blkback sysfs attribute in this directory.
-    Sysfs(PathBuf),
-    /// Nothing can prove the handoff: make the device persistent instead.
-    None,
+    /// Attached persistent; `remove` detaches it.
+    Persistent,
 }
 
-/// The blkback sysfs directory for a backend under `sysfs_root`.
-pub fn sysfs_dir(sysfs_root: &Path, backend: &BackendPath) -> PathBuf {
-    sysfs_root
-        .join("bus/xen-backend/devices")
-        .join(backend.sysfs_name())
-}
+impl Handoff {
+    /// Picks the handoff from the policy and whether the backend wrote an
+    /// `opened` node at probe.
+    pub fn choose(policy: HandoffPolicy, has_opened_node: bool) -> Handoff {
+        match policy {
+            HandoffPolicy::Opened => Handoff::Opened,
+            HandoffPolicy::Persistent => Handoff::Persistent,
+            HandoffPolicy::Auto if has_opened_node => Handoff::Opened,
+            HandoffPolicy::Auto => Handoff::Persistent,
+        }
+    }
 
-/// Picks the signal: the policy, whether the backend wrote an `opened` node
-/// at probe, and whether stock blkback's sysfs directory exists.
-pub fn choose(policy: HandoffPolicy, has_opened_node: bool, sysfs: PathBuf) -> Signal {
-    match policy {
-        HandoffPolicy::Opened => Signal::Opened,
-        HandoffPolicy::Sysfs => Signal::Sysfs(sysfs),
-        HandoffPolicy::Off => Signal::None,
-        HandoffPolicy::Auto if has_opened_node => Signal::Opened,
-        HandoffPolicy::Auto if sysfs.is_dir() => Signal::Sysfs(sysfs),
-        HandoffPolicy::Auto => Signal::None,
+    /// Whether the loop device is attached with autoclear.
+    pub fn autoclear(self) -> bool {
+        self == Handoff::Opened
     }
 }
 
-/// True when blkback's `physical_device` attribute (`%x:%x`) names `dev`.
-pub fn sysfs_shows(dir: &Path, dev: DevNum) -> bool {
-    std::fs::read_to_string(dir.join("physical_device"))
-        .ok()
-        .and_then(|text| DevNum::parse_xenstore(text.trim()).ok())
-        == Some(dev)
-}
-
-/// How often the sysfs attribute is polled (sysfs attributes cannot be
-/// watched); the xenstore watch on `state` doubles as the sleep.
-const SYSFS_POLL: Duration = Duration::from_millis(5);
 /// The token of the handoff watches.
 pub const WATCH_TOKEN: &str = "block-diskseq-handoff";
 
@@ -87,26 +82,21 @@ pub struct Known {
     pub state: Option<Vec<u8>>,
 }
 
-/// Waits until the backend proves it holds `dev`, the backend gives up, or
-/// `timeout` passes. Returns how long it waited.
+/// Waits until the backend's `opened` node is "1" (it holds the device),
+/// the backend gives up, or `timeout` passes. Returns how long it waited.
 ///
 /// The watches of [`watched_nodes`] must be registered on `client` (with
 /// [`WATCH_TOKEN`]) before `known` was read; they stay registered (the
 /// script drops the connection right after, and with it the watches).
-pub fn wait(
+pub fn wait_opened(
     client: &mut Client,
     backend: &BackendPath,
-    signal: &Signal,
-    dev: DevNum,
     timeout: Duration,
     known: Known,
 ) -> Result<Duration, HotplugError> {
     let start = Instant::now();
     let deadline = start + timeout;
     let [opened_path, state_path] = watched_nodes(backend);
-    if matches!(signal, Signal::None) {
-        return Ok(Duration::ZERO);
-    }
     // The known values, each used once in place of a read of its own.
     let mut first_state: Option<Option<Vec<u8>>> = Some(known.state);
     let mut first_opened: Option<Option<Vec<u8>>> = Some(known.opened);
@@ -118,21 +108,14 @@ pub fn wait(
     // re-read (a later change fires the watch again).
     let (mut opened_registered, mut state_registered) = (true, true);
     loop {
-        let done = match signal {
-            Signal::Opened => {
-                check_opened
-                    && match first_opened.take() {
-                        Some(value) => value,
-                        None => client.read_opt(&opened_path)?,
-                    }
-                    .as_deref()
-                        == Some(b"1")
+        if check_opened {
+            let opened = match first_opened.take() {
+                Some(value) => value,
+                None => client.read_opt(&opened_path)?,
+            };
+            if opened.as_deref() == Some(b"1") {
+                return Ok(start.elapsed());
             }
-            Signal::Sysfs(dir) => sysfs_shows(dir, dev),
-            Signal::None => true,
-        };
-        if done {
-            return Ok(start.elapsed());
         }
         if check_state {
             let state = match first_state.take() {
@@ -162,15 +145,11 @@ pub fn wait(
             return Err(HotplugError::HandoffTimeout {
                 backend: backend.dir(),
                 waited: timeout,
-                what: describe(signal, dev),
+                what: format!("{} = 1", node::OPENED),
             });
         }
-        let mut nap = deadline - now;
-        if matches!(signal, Signal::Sysfs(_)) {
-            nap = nap.min(SYSFS_POLL);
-        }
         (check_opened, check_state) = (false, false);
-        let mut event = client.next_event(Some(nap))?;
+        let mut event = client.next_event(Some(deadline - now))?;
         while let Some(fired) = event {
             // Relative watches report relative paths: compare by suffix.
             let names = |path: &str| fired.path.ends_with(path) || path.ends_with(&fired.path);
@@ -189,68 +168,25 @@ pub fn wait(
     }
 }
 
-/// What the wait was for, for the timeout message.
-pub fn describe(signal: &Signal, dev: DevNum) -> String {
-    match signal {
-        Signal::Opened => format!("{} = 1", node::OPENED),
-        Signal::Sysfs(dir) => {
-            format!("{}/physical_device = {}", dir.display(), dev.to_xenstore())
-        }
-        Signal::None => "nothing".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn auto_prefers_opened_then_sysfs_then_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let present = tmp.path().to_path_buf();
-        let absent = tmp.path().join("vbd-1-768");
+    fn auto_follows_the_opened_node() {
+        assert_eq!(Handoff::choose(HandoffPolicy::Auto, true), Handoff::Opened);
         assert_eq!(
-            choose(HandoffPolicy::Auto, true, present.clone()),
-            Signal::Opened
+            Handoff::choose(HandoffPolicy::Auto, false),
+            Handoff::Persistent
         );
         assert_eq!(
-            choose(HandoffPolicy::Auto, false, present.clone()),
-            Signal::Sysfs(present.clone())
+            Handoff::choose(HandoffPolicy::Persistent, true),
+            Handoff::Persistent
         );
         assert_eq!(
-            choose(HandoffPolicy::Auto, false, absent.clone()),
-            Signal::None
+            Handoff::choose(HandoffPolicy::Opened, false),
+            Handoff::Opened
         );
-        assert_eq!(
-            choose(HandoffPolicy::Off, true, present.clone()),
-            Signal::None
-        );
-        assert_eq!(
-            choose(HandoffPolicy::Opened, false, absent.clone()),
-            Signal::Opened
-        );
-        assert_eq!(
-            choose(HandoffPolicy::Sysfs, true, absent.clone()),
-            Signal::Sysfs(absent)
-        );
-    }
-
-    #[test]
-    fn sysfs_attribute_must_name_the_published_device() {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = DevNum {
-            major: 7,
-            minor: 12,
-        };
-        assert!(!sysfs_shows(dir.path(), dev));
-        std::fs::write(dir.path().join("physical_device"), "7:b\n").unwrap();
-        assert!(!sysfs_shows(dir.path(), dev));
-        std::fs::write(dir.path().join("physical_device"), "7:c\n").unwrap();
-        assert!(sysfs_shows(dir.path(), dev));
-        let root = tempfile::tempdir().unwrap();
-        assert_eq!(
-            sysfs_dir(root.path(), &BackendPath::new(3, 768)),
-            root.path().join("bus/xen-backend/devices/vbd-3-768")
-        );
+        assert!(Handoff::Opened.autoclear() && !Handoff::Persistent.autoclear());
     }
 }

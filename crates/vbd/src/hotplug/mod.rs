@@ -6,7 +6,9 @@
 //! - [`target`]: `params` opened once, classified, attached as a loop device;
 //! - [`sharing`] + [`mountinfo`] + [`loops`]: who else uses the device;
 //! - [`add`] / [`remove`]: the two commands;
-//! - [`handoff`]: holding the device until the backend proves it has it;
+//! - [`handoff`]: how the device stays the published disk (autoclear held
+//!   until `opened`, or persistent);
+//! - [`leaks`]: labelled loop devices nothing will detach (`diskseq loop gc`);
 //! - [`log`]: one line per decision; [`fault`]: test-only kill points.
 
 pub mod add;
@@ -14,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod handoff;
+pub mod leaks;
 pub mod log;
 pub mod loops;
 pub mod mountinfo;
@@ -71,8 +74,14 @@ pub fn run(config: &Config, log: &mut log::Log) -> bool {
     match config.command {
         Command::Add => match add::add(config, &mut client, log) {
             Ok(_) => true,
-            Err(AddFailure { error, published }) => {
+            Err(AddFailure {
+                error,
+                published,
+                held,
+            }) => {
                 fail(&mut client, &config.backend, log, "add", &error, published);
+                // Released only now that no record names it.
+                drop(held);
                 false
             }
         },
@@ -107,7 +116,7 @@ fn fail(
             return Ok(false);
         }
         if published {
-            for name in PublishedDevice::NODES.iter().chain([&node::AUTOCLEAR]) {
+            for name in PublishedDevice::NODES {
                 tx.rm(&backend.node(name))?;
             }
         }

@@ -5,18 +5,20 @@
 //! decides everything after; the real open goes through
 //! `/proc/self/fd/<n>`, which reopens that same inode whatever happens to
 //! the path meanwhile. A block device is used as is; a regular file becomes
-//! a loop device attached from that fd with autoclear, so a killed script
-//! leaks nothing.
+//! a loop device attached from that fd — with autoclear, or persistent and
+//! labelled with its backend (see `handoff`), so that a killed script's
+//! device is found again by `remove`.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use diskseq::{BlockDevice, DevNum, DiskId, FileId, LoopDevice, LoopOptions};
+use diskseq::{BlockDevice, DevNum, DiskId, FileId, LoopDevice, LoopLabel, LoopOptions};
 use rustix::fs::{FileType, Mode as FsMode, OFlags};
 use rustix::io::Errno;
 
 use super::error::HotplugError;
+use super::handoff::Handoff;
 use crate::schema::{Mode, PublishedDevice};
 
 /// The device the script will hand to the backend.
@@ -29,10 +31,13 @@ pub enum Target {
     },
     /// A loop device this run attached to the file named by `params`.
     Loop {
-        /// The attached device (autoclear until made persistent).
+        /// The attached device.
         device: LoopDevice,
         /// The backing file's identity.
         backing: FileId,
+        /// Attached without autoclear and not yet handed over: dropping the
+        /// target detaches it (see [`Target::hand_over`]).
+        detach_on_drop: bool,
     },
 }
 
@@ -195,24 +200,40 @@ fn attach_patiently(fd: &OwnedFd, options: &LoopOptions) -> Result<LoopDevice, d
 
 impl Target {
     /// Makes the opened target a device: a block device as is, a file
-    /// attached to a new loop device (autoclear; direct I/O when the backend
-    /// said it is safe).
-    pub fn attach(opened: Opened, mode: Mode, direct_io: bool) -> Result<Target, HotplugError> {
+    /// attached to a new loop device carrying `label` (autoclear as the
+    /// handoff asks; direct I/O when the backend said it is safe).
+    pub fn attach(
+        opened: Opened,
+        mode: Mode,
+        direct_io: bool,
+        handoff: Handoff,
+        label: &LoopLabel,
+    ) -> Result<Target, HotplugError> {
         match opened {
             Opened::Block(device) => Ok(Target::Block { device }),
             Opened::File { fd, id } => {
                 let options = LoopOptions {
                     read_only: !mode.is_writable(),
-                    autoclear: true,
+                    autoclear: handoff.autoclear(),
                     direct_io,
+                    label: Some(label.clone()),
                     ..LoopOptions::default()
                 };
                 let device = attach_patiently(&fd, &options)?;
                 Ok(Target::Loop {
                     device,
                     backing: id,
+                    detach_on_drop: !handoff.autoclear(),
                 })
             }
+        }
+    }
+
+    /// The record naming this device is published: from now on a
+    /// persistent loop device outlives this run (`remove` detaches it).
+    pub fn hand_over(mut self) {
+        if let Target::Loop { detach_on_drop, .. } = &mut self {
+            *detach_on_drop = false;
         }
     }
 
@@ -233,12 +254,16 @@ impl Target {
                 physical_device_path: device.path().to_owned(),
                 diskseq: Some(id.seq),
                 node: None,
+                backing: None,
             },
-            Target::Loop { device, .. } => PublishedDevice {
+            Target::Loop {
+                device, backing, ..
+            } => PublishedDevice {
                 physical_device: id.dev(),
                 physical_device_path: device.path().to_owned(),
                 diskseq: Some(id.seq),
                 node: Some(device.path().to_owned()),
+                backing: Some(*backing),
             },
         }
     }
@@ -248,6 +273,25 @@ impl Target {
         match self {
             Target::Loop { device, .. } => Some(device.path().to_owned()),
             Target::Block { .. } => None,
+        }
+    }
+}
+
+/// An add that fails before it hands a persistent loop device over takes it
+/// back: only a killed run leaves one (labelled, for `remove` to find).
+/// Callers drop a target only after withdrawing any record naming it, so no
+/// record ever names a number this detach frees.
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Target::Loop {
+            device,
+            detach_on_drop: true,
+            ..
+        } = self
+        {
+            // Nothing to report to: a failure leaves the labelled device
+            // for `remove` or `diskseq loop gc`.
+            let _ = device.detach();
         }
     }
 }

@@ -420,9 +420,21 @@ pub fn remove_finds_device_gone(bed: &Bed, backend: &BackendPath) {
 #[track_caller]
 pub fn assert_device_gone(log: &str) {
     assert!(
-        log.contains("already detached") || log.contains("now names another disk"),
+        log.contains(") is gone;"),
         "remove did not report the device gone:\n{log}"
     );
+}
+
+/// The record `add` published for `backend` (panics if there is none).
+#[track_caller]
+pub fn record(bed: &Bed, backend: &BackendPath) -> vbd::schema::PublishedDevice {
+    let values: Vec<Option<Vec<u8>>> = vbd::schema::PublishedDevice::NODES
+        .iter()
+        .map(|name| bed.read(backend, name).map(String::into_bytes))
+        .collect();
+    vbd::schema::PublishedDevice::from_values(&values)
+        .expect("a well-formed record")
+        .expect("a published record")
 }
 
 /// Waits (bounded) until no loop device is bound to `image`: an autoclear
@@ -471,7 +483,8 @@ impl OpenedBackend {
                     Ok(_) => {}
                     Err(e) => return Err(e.to_string()),
                 }
-                if released.try_recv().is_ok() {
+                // Released, or the handle dropped (the sender then hangs up).
+                if !matches!(released.try_recv(), Err(mpsc::TryRecvError::Empty)) {
                     return Err("released before physical-device appeared".into());
                 }
                 let Some(raw) = client.read_opt(&pd).map_err(|e| e.to_string())? else {
