@@ -32,8 +32,6 @@ pub const LO_FLAGS_DIRECT_IO: u32 = lo::LO_FLAGS_DIRECT_IO as u32;
 
 const BLKGETDISKSEQ: Opcode = blk::BLKGETDISKSEQ as Opcode;
 const BLKGETSIZE64: Opcode = blk::BLKGETSIZE64 as Opcode;
-const BLKSSZGET: Opcode = blk::BLKSSZGET as Opcode;
-const BLKPBSZGET: Opcode = blk::BLKPBSZGET as Opcode;
 const BLKROGET: Opcode = blk::BLKROGET as Opcode;
 const BLKPG: Opcode = blk::BLKPG as Opcode;
 const LOOP_CTL_GET_FREE: Opcode = lo::LOOP_CTL_GET_FREE as Opcode;
@@ -114,17 +112,14 @@ pub fn size_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(unsafe { ioctl(fd, Getter::<BLKGETSIZE64, u64>::new()) }?)
 }
 
-/// `BLKSSZGET`: logical block size in bytes.
+/// `BLKSSZGET`: logical block size in bytes (rustix's own wrapper).
 pub fn logical_block_size(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    // SAFETY: BLKSSZGET writes an int.
-    let size = unsafe { ioctl(fd, Getter::<BLKSSZGET, i32>::new()) }?;
-    Ok(size as u32)
+    Ok(rustix::fs::ioctl_blksszget(fd)?)
 }
 
-/// `BLKPBSZGET`: physical block size in bytes.
+/// `BLKPBSZGET`: physical block size in bytes (rustix's own wrapper).
 pub fn physical_block_size(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    // SAFETY: BLKPBSZGET writes an unsigned int.
-    Ok(unsafe { ioctl(fd, Getter::<BLKPBSZGET, u32>::new()) }?)
+    Ok(rustix::fs::ioctl_blkpbszget(fd)?)
 }
 
 /// `BLKROGET`: whether the device is read-only.

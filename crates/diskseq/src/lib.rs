@@ -11,6 +11,8 @@
 mod device;
 mod error;
 mod id;
+// The crate's only unsafe code: typed ioctls, one SAFETY comment each.
+#[allow(unsafe_code)]
 pub mod ioctl;
 mod loop_device;
 mod loop_label;

@@ -8,6 +8,15 @@
 //! Losing the race for a device is normal: the next unbound one is tried, a
 //! bounded number of times, and one is created only past the last.
 //!
+//! Kernel behaviour this depends on, by version: `LOOP_CONFIGURE` exists
+//! since 5.8 (before it, `LOOP_SET_FD` + `LOOP_SET_STATUS64`, not atomic);
+//! `BLKGETDISKSEQ` since 5.15; a loop device's diskseq is bumped on every
+//! attach and detach only since 6.5 (before, it keeps the value it got when
+//! the device was created, so `(number, diskseq)` names the device, not the
+//! binding — callers that must tell bindings apart also compare the backing
+//! inode and a [`LoopLabel`]); since 6.12 `LOOP_CONFIGURE` also syncs the
+//! backing file before binding it, which is most of an attach's cost there.
+//!
 //! Kill safety: a persistent device is configured with autoclear, so the
 //! kernel detaches it when the last fd closes — including when the process is
 //! killed. Autoclear is cleared only after the caller has recorded the
