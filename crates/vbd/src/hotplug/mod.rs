@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: argv and environment (libxl's `XENBUS_*`, our tunables);
 //! - [`target`]: `params` opened once, classified, attached as a loop device;
-//! - [`sharing`] + [`mountinfo`] + [`loops`]: who else uses the device;
+//! - [`holders`] + [`sharing`] + [`mountinfo`] + [`loops`]: who else uses
+//!   the device, and whether that allows this attach;
 //! - [`add`] / [`remove`]: the two commands;
 //! - [`handoff`]: how the device stays the published disk (autoclear held
 //!   until `opened`, or persistent);
@@ -16,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod handoff;
+pub mod holders;
 pub mod leaks;
 pub mod log;
 pub mod loops;
