@@ -5,6 +5,8 @@
 mod demo;
 mod dev;
 mod exit;
+mod gen_docs;
+mod hotplug_help;
 mod loop_cmd;
 mod vbd_cmd;
 mod xenstored_cmd;
@@ -17,7 +19,8 @@ use std::process::ExitCode;
 #[command(
     name = "diskseq",
     version,
-    about = "Race-free block-device handoff for Xen, by disk sequence number"
+    about = "Race-free block-device handoff for Xen, by disk sequence number",
+    after_help = exit::EXIT_STATUS_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,7 +35,7 @@ enum Command {
     Ls(dev::LsArgs),
     /// Show one block device (path or decimal MAJ:MIN).
     Show(dev::ShowArgs),
-    /// Run a command with a verified device on fd 3 (exit 3 if stale).
+    /// Run a command with a verified device on fd 3 (exit 124 if stale).
     Open(dev::OpenArgs),
     /// Attach, detach (verified) and list loop devices.
     #[command(subcommand)]
@@ -49,6 +52,9 @@ enum Command {
     Xs(xs::XsArgs),
     /// Run a xenstore daemon (dom0 socket plus simulated guest sockets).
     Xenstored(xenstored_cmd::XenstoredArgs),
+    /// Write the man pages and shell completions (scripts/package).
+    #[command(hide = true)]
+    GenerateDocs(gen_docs::GenDocsArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,12 +63,9 @@ fn main() -> ExitCode {
     // the standalone binary runs, so the demo works after `cargo run`, which
     // builds only this binary.
     if invoked_as_hotplug_script() {
-        return match vbd::hotplug::main(std::env::args_os().skip(1)) {
-            0 => ExitCode::SUCCESS,
-            _ => ExitCode::FAILURE,
-        };
+        return hotplug_help::main(std::env::args_os().skip(1));
     }
-    let cli = Cli::parse();
+    let cli: Cli = exit::parse();
     let result: exit::CmdResult = match cli.command {
         Command::Ls(args) => dev::ls(args),
         Command::Show(args) => dev::show(args),
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Detach(args) => vbd_cmd::detach(args),
         Command::Xs(args) => xs::run(args),
         Command::Xenstored(args) => xenstored_cmd::run(args),
+        Command::GenerateDocs(args) => gen_docs::run(args),
     };
     exit::finish(result)
 }
