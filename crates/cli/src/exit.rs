@@ -46,10 +46,12 @@ pub const EXIT_NOT_FOUND: u8 = 127;
 /// The exit statuses, for `--help` and the man pages.
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
-  0    success (for `open`: the command's own status)
+  0    success (for `open`: the command's own status; for `doctor`: safe)
   1    failure
   2    usage error
   3    stale: the device is not the instance named (`loop detach`, `show`)
+  4    doctor: degraded (block-diskseq works; nothing in the kernel checks diskseq)
+  5    doctor: unsafe (a guest can be handed the wrong disk)
   124  open: stale, the command did not run
   125  open: open itself failed (usage included), the command did not run
   126  open: the command cannot be run

@@ -4,6 +4,7 @@
 
 mod demo;
 mod dev;
+mod doctor;
 mod exit;
 mod gen_docs;
 mod hotplug_help;
@@ -52,6 +53,8 @@ enum Command {
     Xs(xs::XsArgs),
     /// Run a xenstore daemon (dom0 socket plus simulated guest sockets).
     Xenstored(xenstored_cmd::XenstoredArgs),
+    /// Check whether this host's block handoff is race-free (exit 0 safe, 4 degraded, 5 unsafe).
+    Doctor(doctor::DoctorArgs),
     /// Write the man pages and shell completions (scripts/package).
     #[command(hide = true)]
     GenerateDocs(gen_docs::GenDocsArgs),
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Detach(args) => vbd_cmd::detach(args),
         Command::Xs(args) => xs::run(args),
         Command::Xenstored(args) => xenstored_cmd::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::GenerateDocs(args) => gen_docs::run(args),
     };
     exit::finish(result)

@@ -90,3 +90,52 @@ fn demo_refuses_a_script_that_publishes_nothing() {
     // It stops at once instead of waiting for a guest that cannot connect.
     assert!(started.elapsed() < std::time::Duration::from_secs(8));
 }
+
+/// `diskseq doctor` on this machine. On a host without Xen (CI) it says so
+/// and answers `degraded` (exit 4): nothing here checks diskseq.
+#[test]
+fn doctor_reports_this_host() {
+    let out = run(
+        Path::new(env!("CARGO_BIN_EXE_diskseq")),
+        &["doctor", "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    let code = out.status.code().unwrap();
+    assert_eq!(report["exit_status"], code);
+    let verdict = report["verdict"].as_str().unwrap();
+    assert_eq!(
+        (verdict, code),
+        match verdict {
+            "safe" => ("safe", 0),
+            "degraded" => ("degraded", 4),
+            _ => ("unsafe", 5),
+        }
+    );
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "kernel", "loop", "xen", "handoff", "script", "default", "xenstore",
+    ] {
+        assert!(names.contains(&name), "no {name} check: {names:?}");
+    }
+    if !Path::new("/proc/xen").exists() {
+        assert_eq!(verdict, "degraded", "{report:#}");
+        let xen = &report["checks"][names.iter().position(|n| *n == "xen").unwrap()];
+        assert!(
+            xen["summary"].as_str().unwrap().contains("not a Xen host"),
+            "{xen}"
+        );
+        let human = run(Path::new(env!("CARGO_BIN_EXE_diskseq")), &["doctor"]);
+        assert_eq!(human.status.code(), Some(4));
+        assert!(
+            text(&human.stdout).contains("verdict: degraded"),
+            "{}",
+            text(&human.stdout)
+        );
+    }
+}
