@@ -3,6 +3,8 @@
 # xen-blkback the verdict is "degraded" (exit 4); with the patched module
 # (/xentest/modules/xen-blkback.ko, when the harness built it) "safe" (0).
 # shellcheck shell=bash
+# shellcheck source=../lib.sh
+source /xentest/lib.sh
 
 xt_expect_eq "dpkg has the package" "$(dpkg-query -W -f '${Status}' diskseq 2>&1)" "install ok installed"
 xt_evidence "package: $(dpkg-query -W -f '${Package} ${Version} ${Architecture}' diskseq)"
