@@ -17,7 +17,9 @@ use diskseq::{
 };
 use serde::Serialize;
 
-use crate::exit::{CmdResult, Failure};
+use crate::exit::{
+    CmdResult, Failure, EXIT_CANNOT_RUN, EXIT_NOT_FOUND, EXIT_OPEN_FAILED, EXIT_OPEN_STALE,
+};
 
 /// The fd number `diskseq open` hands the device over on.
 const HANDOFF_FD: i32 = 3;
@@ -34,9 +36,42 @@ pub(crate) fn failure(err: diskseq::Error) -> Failure {
 
 #[derive(Args)]
 pub struct LsArgs {
-    /// Print a JSON array instead of a table.
+    /// Print a JSON array instead of a table (sizes in bytes).
     #[arg(long)]
     json: bool,
+    /// Print sizes in bytes instead of a human-readable format (as lsblk).
+    #[arg(short, long)]
+    bytes: bool,
+}
+
+/// Width of the DEV column in every table (`ls`, `loop ls`): the longest
+/// usual `MAJ:MIN`, `259:65535`, right-aligned as `lsblk`'s MAJ:MIN.
+pub(crate) const DEV_WIDTH: usize = 9;
+
+/// Prints one table line without the padding a trailing empty column leaves.
+pub(crate) fn print_line(line: &str) {
+    println!("{}", line.trim_end());
+}
+
+/// A size as `lsblk` prints it: powers of 1024 with a one-letter suffix and
+/// at most one decimal (`512B`, `4K`, `1.5G`).
+pub(crate) fn human_size(bytes: u64) -> String {
+    const SUFFIXES: [&str; 7] = ["B", "K", "M", "G", "T", "P", "E"];
+    let exp = (1..SUFFIXES.len())
+        .take_while(|&e| bytes >> (10 * e) > 0)
+        .last()
+        .unwrap_or(0);
+    if exp == 0 {
+        return format!("{bytes}B");
+    }
+    let unit = 1u128 << (10 * exp);
+    let tenths = (u128::from(bytes) * 10 + unit / 2) / unit;
+    let (whole, frac) = (tenths / 10, tenths % 10);
+    if frac == 0 {
+        format!("{whole}{}", SUFFIXES[exp])
+    } else {
+        format!("{whole}.{frac}{}", SUFFIXES[exp])
+    }
 }
 
 /// A device named on the command line: a decimal number or a path.
@@ -44,25 +79,25 @@ pub struct LsArgs {
 pub(crate) enum DeviceArg {
     /// `7:0`.
     Number(DevNum),
-    /// `/dev/loop0` (anything with a `/`).
+    /// Anything else: `/dev/loop0`, `disk.img` (relative to the working
+    /// directory, as every file argument; `./7:0` for a file named so).
     Path(PathBuf),
 }
 
 impl std::str::FromStr for DeviceArg {
-    type Err = String;
+    type Err = std::convert::Infallible;
 
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.parse::<DevNum>() {
-            Ok(dev) => Ok(DeviceArg::Number(dev)),
-            Err(_) if text.contains('/') => Ok(DeviceArg::Path(PathBuf::from(text))),
-            Err(e) => Err(format!("{e}; give a decimal MAJ:MIN or a device path")),
-        }
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text.parse::<DevNum>() {
+            Ok(dev) => DeviceArg::Number(dev),
+            Err(_) => DeviceArg::Path(PathBuf::from(text)),
+        })
     }
 }
 
 #[derive(Args)]
 pub struct ShowArgs {
-    /// A device path (/dev/loop0) or a decimal device number (7:0).
+    /// A decimal device number (7:0), else a path (/dev/loop0, disk.img).
     device: DeviceArg,
     /// Print a JSON object instead of text.
     #[arg(long)]
@@ -121,25 +156,30 @@ impl From<&DeviceEntry> for DeviceRow {
     }
 }
 
-fn print_table(rows: &[DeviceRow]) {
-    println!(
-        "{:<12} {:>9} {:>10} {:>14} {:>2} {:<4} BACKING-FILE",
+fn print_table(rows: &[DeviceRow], bytes: bool) {
+    let size_width = if bytes { 14 } else { 6 };
+    print_line(&format!(
+        "{:<12} {:>DEV_WIDTH$} {:>10} {:>size_width$} {:>2} {:<4} BACKING-FILE",
         "NAME", "DEV", "DISKSEQ", "SIZE", "RO", "KIND"
-    );
+    ));
     for row in rows {
-        println!(
-            "{:<12} {:>9} {:>10} {:>14} {:>2} {:<4} {}",
+        let size = if bytes {
+            row.size.to_string()
+        } else {
+            human_size(row.size)
+        };
+        print_line(&format!(
+            "{:<12} {:>DEV_WIDTH$} {:>10} {size:>size_width$} {:>2} {:<4} {}",
             row.name,
             row.dev,
             row.diskseq
                 .map_or_else(|| "-".to_owned(), |s| s.to_string()),
-            row.size,
             u8::from(row.ro),
             row.kind,
             row.backing_file
                 .as_deref()
                 .map_or_else(String::new, |p| p.display().to_string()),
-        );
+        ));
     }
 }
 
@@ -154,7 +194,7 @@ pub fn ls(args: LsArgs) -> CmdResult {
     if args.json {
         println!("{}", to_json(&rows)?);
     } else {
-        print_table(&rows);
+        print_table(&rows, args.bytes);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -187,7 +227,11 @@ pub fn show(args: ShowArgs) -> CmdResult {
             .diskseq
             .map_or_else(|| "-".to_owned(), |s| s.to_string());
         println!("diskseq:      {seq}");
-        println!("size:         {}", row.size);
+        println!(
+            "size:         {} ({} bytes)",
+            human_size(row.size),
+            row.size
+        );
         println!("ro:           {}", u8::from(row.ro));
         println!("kind:         {}", row.kind);
         if let Some(parent) = &row.parent {
@@ -213,22 +257,36 @@ pub fn open(args: OpenArgs) -> CmdResult {
         Some(dev) => open_verified(DiskId::new(dev, args.diskseq), access),
         None => open_by_diskseq(args.diskseq, args.partition, access),
     }
-    .map_err(failure)?;
-    let handoff = place_on_handoff_fd(&device)?;
+    .map_err(|err| {
+        let code = if err.is_stale() {
+            EXIT_OPEN_STALE
+        } else {
+            EXIT_OPEN_FAILED
+        };
+        Failure::Code(code, err.to_string())
+    })?;
+    let handoff =
+        place_on_handoff_fd(&device).map_err(|f| Failure::Code(EXIT_OPEN_FAILED, f.to_string()))?;
 
     let (program, rest) = args
         .command
         .split_first()
-        .ok_or_else(|| Failure::Error("no command given".to_owned()))?;
+        .ok_or_else(|| Failure::Code(EXIT_OPEN_FAILED, "no command given".to_owned()))?;
     let err = Command::new(program)
         .args(rest)
         .env("DISKSEQ_FD", HANDOFF_FD.to_string())
         .exec();
     drop(handoff);
-    Err(Failure::Error(format!(
-        "running {}: {err}",
-        program.to_string_lossy()
-    )))
+    // As `env`: 127 when there is no such command, 126 when it cannot run.
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        EXIT_NOT_FOUND
+    } else {
+        EXIT_CANNOT_RUN
+    };
+    Err(Failure::Code(
+        code,
+        format!("running {}: {err}", program.to_string_lossy()),
+    ))
 }
 
 /// Makes the device available as fd 3 across `exec` and clears
@@ -255,4 +313,22 @@ fn place_on_handoff_fd(device: &BlockDevice) -> Result<Option<OwnedFd>, Failure>
     }
     rustix::io::fcntl_setfd(&copy, rustix::io::FdFlags::empty()).map_err(io_err)?;
     Ok(Some(copy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_read_as_lsblk_prints_them() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(1023), "1023B");
+        assert_eq!(human_size(1024), "1K");
+        assert_eq!(human_size(1536), "1.5K");
+        assert_eq!(human_size(1 << 20), "1M");
+        assert_eq!(human_size((1 << 20) - 1), "1024K");
+        assert_eq!(human_size(8 << 30), "8G");
+        assert_eq!(human_size(476_940 << 20), "465.8G");
+        assert_eq!(human_size(u64::MAX), "16E");
+    }
 }

@@ -16,7 +16,7 @@ use diskseq::{
 use rustix::fs::FileType;
 use serde::Serialize;
 
-use crate::dev::{failure, DeviceArg};
+use crate::dev::{failure, print_line, DeviceArg, DEV_WIDTH};
 use crate::exit::{CmdResult, Failure};
 
 #[derive(Subcommand)]
@@ -105,7 +105,9 @@ fn attach(args: AttachArgs) -> CmdResult {
             let text = serde_json::to_string(&attached).map_err(std::io::Error::other)?;
             writeln!(out, "{text}")?;
         } else {
-            writeln!(out, "{} {} {}", device.path().display(), id.dev(), id.seq)?;
+            writeln!(out, "device:  {}", device.path().display())?;
+            writeln!(out, "dev:     {}", id.dev())?;
+            writeln!(out, "diskseq: {}", id.seq)?;
         }
         out.flush()
     };
@@ -225,13 +227,13 @@ fn ls(args: LsArgs) -> CmdResult {
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<12} {:>7} {:>10} {:>9} {:>10} {:<18} BACKING-FILE",
+    print_line(&format!(
+        "{:<12} {:>DEV_WIDTH$} {:>10} {:>DEV_WIDTH$} {:>10} {:<18} BACKING-FILE",
         "DEVICE", "DEV", "DISKSEQ", "B-DEV", "B-INODE", "FLAGS"
-    );
+    ));
     for row in &rows {
-        println!(
-            "{:<12} {:>7} {:>10} {:>9} {:>10} {:<18} {}",
+        print_line(&format!(
+            "{:<12} {:>DEV_WIDTH$} {:>10} {:>DEV_WIDTH$} {:>10} {:<18} {}",
             row.device.display(),
             row.dev,
             row.diskseq,
@@ -241,7 +243,7 @@ fn ls(args: LsArgs) -> CmdResult {
             row.backing_file
                 .as_deref()
                 .map_or_else(String::new, |p| p.display().to_string()),
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

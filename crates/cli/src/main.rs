@@ -4,7 +4,10 @@
 
 mod demo;
 mod dev;
+mod doctor;
 mod exit;
+mod gen_docs;
+mod hotplug_help;
 mod loop_cmd;
 mod loop_gc;
 mod vbd_cmd;
@@ -18,7 +21,8 @@ use std::process::ExitCode;
 #[command(
     name = "diskseq",
     version,
-    about = "Race-free block-device handoff for Xen, by disk sequence number"
+    about = "Race-free block-device handoff for Xen, by disk sequence number",
+    after_help = exit::EXIT_STATUS_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,7 +37,7 @@ enum Command {
     Ls(dev::LsArgs),
     /// Show one block device (path or decimal MAJ:MIN).
     Show(dev::ShowArgs),
-    /// Run a command with a verified device on fd 3 (exit 3 if stale).
+    /// Run a command with a verified device on fd 3 (exit 124 if stale).
     Open(dev::OpenArgs),
     /// Attach, detach (verified) and list loop devices.
     #[command(subcommand)]
@@ -50,6 +54,11 @@ enum Command {
     Xs(xs::XsArgs),
     /// Run a xenstore daemon (dom0 socket plus simulated guest sockets).
     Xenstored(xenstored_cmd::XenstoredArgs),
+    /// Check whether this host's block handoff is race-free (exit 0 safe, 4 degraded, 5 unsafe).
+    Doctor(doctor::DoctorArgs),
+    /// Write the man pages and shell completions (scripts/package).
+    #[command(hide = true)]
+    GenerateDocs(gen_docs::GenDocsArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,12 +67,9 @@ fn main() -> ExitCode {
     // the standalone binary runs, so the demo works after `cargo run`, which
     // builds only this binary.
     if invoked_as_hotplug_script() {
-        return match vbd::hotplug::main(std::env::args_os().skip(1)) {
-            0 => ExitCode::SUCCESS,
-            _ => ExitCode::FAILURE,
-        };
+        return hotplug_help::main(std::env::args_os().skip(1));
     }
-    let cli = Cli::parse();
+    let cli: Cli = exit::parse();
     let result: exit::CmdResult = match cli.command {
         Command::Ls(args) => dev::ls(args),
         Command::Show(args) => dev::show(args),
@@ -75,6 +81,8 @@ fn main() -> ExitCode {
         Command::Detach(args) => vbd_cmd::detach(args),
         Command::Xs(args) => xs::run(args),
         Command::Xenstored(args) => xenstored_cmd::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::GenerateDocs(args) => gen_docs::run(args),
     };
     exit::finish(result)
 }

@@ -131,21 +131,19 @@ pub fn attach(args: AttachArgs) -> CmdResult {
             if args.json {
                 print_json(&serde_json::json!({ "ok": true, "attach": report }))?;
             } else {
-                // xenstore writes diskseq in hex; the kernel and sysfs in decimal.
-                let diskseq = match report.diskseq.as_deref() {
-                    Some(hex) => match diskseq::DiskSeq::parse_xenstore(hex) {
-                        Ok(seq) => format!("{seq} (xenstore: {hex})"),
-                        Err(_) => hex.to_owned(),
-                    },
-                    None => "- (legacy script)".to_owned(),
+                // Decimal, as the kernel and sysfs; xenstore's nodes are hex.
+                let diskseq = match (report.diskseq, report.diskseq_node.as_deref()) {
+                    (Some(seq), _) => seq.to_string(),
+                    (None, Some(node)) => format!("- (node {node:?} is not a diskseq)"),
+                    (None, None) => "- (legacy script)".to_owned(),
                 };
                 println!(
-                    "attached {} to domain {} as {} ({}): physical-device {}, diskseq {diskseq}",
+                    "attached {} to domain {} as {} ({}): dev {}, diskseq {diskseq}",
                     spec.target.display(),
                     spec.frontend_domid,
                     report.vdev,
                     report.devid,
-                    report.physical_device.as_deref().unwrap_or("-"),
+                    report.dev.as_deref().unwrap_or("-"),
                 );
                 println!("backend {}", report.backend);
             }
@@ -174,16 +172,38 @@ pub struct DetachArgs {
     socket: SocketArg,
     #[command(flatten)]
     disk: GuestDisk,
+    /// Seconds to wait for the backend to close (libxl's 10) before removing
+    /// the disk anyway; a backend with no guest frontend never closes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_seconds)]
+    timeout: f64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
 
+/// A non-negative, finite number of seconds.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "'{text}' is not a number of seconds from 0 to 3600"
+        )),
+    }
+}
+
 pub fn detach(args: DetachArgs) -> CmdResult {
-    let toolstack = Toolstack::new(args.socket.socket);
-    let report = toolstack
-        .detach(args.disk.domain, &args.disk.vdev, args.disk.backend_domain)
-        .map_err(|e| Failure::Error(e.to_string()))?;
+    let mut toolstack = Toolstack::new(args.socket.socket);
+    toolstack.timeouts.destroy = std::time::Duration::from_secs_f64(args.timeout);
+    let report = match toolstack.detach(args.disk.domain, &args.disk.vdev, args.disk.backend_domain)
+    {
+        Ok(report) => report,
+        Err(e) => {
+            if args.json {
+                print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
+            }
+            return Err(Failure::Error(e.to_string()));
+        }
+    };
     if args.json {
         print_json(&serde_json::json!({ "ok": true, "detach": report }))?;
     } else if !report.backend_was_present {

@@ -28,7 +28,9 @@ enum XsCommand {
         /// Print values as they are instead of C-escaped.
         #[arg(short = 'R', long)]
         raw: bool,
-        #[arg(required = true)]
+        /// Nodes to read: absolute (/local/domain/0/name) or relative to
+        /// this connection's home (name).
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<String>,
     },
     /// Set each PATH to VALUE (in one transaction); creates missing parents.
@@ -45,12 +47,15 @@ enum XsCommand {
         /// Also print each node's permissions.
         #[arg(short = 'p', long)]
         perms: bool,
+        /// The subtree's root: absolute, or relative to this connection's home.
         #[arg(default_value = "/")]
         path: String,
     },
     /// Remove each PATH and everything below it (in one transaction).
     Rm {
-        #[arg(required = true)]
+        /// Nodes to remove with their subtrees: absolute, or relative to
+        /// this connection's home.
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<String>,
     },
     /// Watch each PATH and print the path of every event, one per line.
@@ -58,7 +63,9 @@ enum XsCommand {
         /// Stop after this many events (the first fires at once).
         #[arg(short = 'n', long, value_name = "N")]
         count: Option<u64>,
-        #[arg(required = true)]
+        /// Nodes to watch (each with its subtree), or a special path such as
+        /// @introduceDomain / @releaseDomain.
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<String>,
     },
 }

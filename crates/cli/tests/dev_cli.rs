@@ -175,7 +175,44 @@ fn attach_show_ls_detach() {
     ] {
         assert!(listed[0].get(key).is_some(), "ls JSON lacks {key}");
     }
-    assert!(stdout(&diskseq(&["ls"])).contains(file.path().to_str().unwrap()));
+    // The table: lsblk-style sizes (bytes with --bytes), no trailing blanks,
+    // and the DEV column where `loop ls` has it.
+    let table = stdout(&diskseq(&["ls"]));
+    let line = table
+        .lines()
+        .find(|line| line.contains(file.path().to_str().unwrap()))
+        .expect("ls lists the loop device");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], "1M", "{line}");
+    assert!(
+        table.lines().all(|l| l == l.trim_end()),
+        "trailing blanks:\n{table}"
+    );
+    let bytes = stdout(&diskseq(&["ls", "--bytes"]));
+    assert!(bytes.contains(&format!(" {MIB} ")), "{bytes}");
+    let loop_table = stdout(&diskseq(&["loop", "ls"]));
+    let dev_end = |table: &str, line: &str| {
+        let header = table.lines().next().unwrap();
+        (
+            header.find("DEV ").unwrap() + 3,
+            line.find(&format!("{dev} ")).unwrap() + dev.len(),
+        )
+    };
+    let (header_end, value_end) = dev_end(&table, line);
+    assert_eq!(header_end, value_end, "ls DEV column:\n{table}");
+    let loop_line = loop_table
+        .lines()
+        .find(|l| l.contains(&format!(" {dev} ")))
+        .unwrap();
+    assert_eq!(
+        dev_end(&loop_table, loop_line),
+        (header_end, value_end),
+        "loop ls DEV column:\n{loop_table}"
+    );
+    assert!(
+        loop_table.lines().all(|l| l == l.trim_end()),
+        "trailing blanks:\n{loop_table}"
+    );
 
     let loops = json(&diskseq(&["loop", "ls", "--json"]));
     let row = loops
@@ -264,7 +301,7 @@ fn detach_refuses_a_reused_minor() {
         "touch",
         flag.to_str().unwrap(),
     ]);
-    assert_exit(&out, 3);
+    assert_exit(&out, 124);
     assert!(!flag.exists(), "command ran on a stale device");
 }
 
@@ -316,11 +353,30 @@ fn open_hands_the_device_over_on_fd_3() {
 
     // A diskseq no disk has (seq + 1 may be another disk's: the counter is global).
     let gone = (u64::MAX - 7).to_string();
-    assert_exit(&diskseq(&["open", "--diskseq", &gone, "--", "true"]), 3);
-    // A command that cannot run: exit 1.
+    assert_exit(&diskseq(&["open", "--diskseq", &gone, "--", "true"]), 124);
+    // A command exiting 3 is told apart from a stale device.
     assert_exit(
-        &diskseq(&["open", "--diskseq", &seq, "--", "/nonexistent/cmd"]),
-        1,
+        &diskseq(&["open", "--diskseq", &seq, "--", "sh", "-c", "exit 3"]),
+        3,
+    );
+    // As `env`: no such command 127, not executable 126.
+    let out = diskseq(&["open", "--diskseq", &seq, "--", "/nonexistent/cmd"]);
+    assert_exit(&out, 127);
+    assert!(
+        stderr(&out).contains("/nonexistent/cmd"),
+        "{}",
+        stderr(&out)
+    );
+    let not_executable = NamedTempFile::new().unwrap();
+    assert_exit(
+        &diskseq(&[
+            "open",
+            "--diskseq",
+            &seq,
+            "--",
+            not_executable.path().to_str().unwrap(),
+        ]),
+        126,
     );
 }
 
@@ -362,7 +418,7 @@ fn open_by_diskseq_and_partition() {
     assert_eq!(shown["size"], MIB / 2);
 
     let out = diskseq(&["open", "--diskseq", &seq, "--partition", "2", "--", "true"]);
-    assert_exit(&out, 1);
+    assert_exit(&out, 125);
     assert!(stderr(&out).contains("no partition 2"), "{}", stderr(&out));
 }
 
@@ -383,7 +439,7 @@ fn attach_read_only_and_autoclear() {
         "--",
         "true",
     ]);
-    assert_exit(&out, 1);
+    assert_exit(&out, 125);
     assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
     drop(attached);
 
@@ -396,10 +452,19 @@ fn attach_read_only_and_autoclear() {
     ]);
     assert_exit(&out, 0);
     let text = stdout(&out);
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    assert_eq!(fields.len(), 3, "{text}");
-    assert!(fields[0].starts_with("/dev/loop"));
-    let id = DiskId::new(fields[1].parse().unwrap(), fields[2].parse().unwrap());
+    let field = |label: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label} line in {text}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(field("device:").starts_with("/dev/loop"), "{text}");
+    let id = DiskId::new(
+        field("dev:").parse().unwrap(),
+        field("diskseq:").parse().unwrap(),
+    );
     eventually("the autoclear device is gone", || {
         matches!(
             open_verified(id, Access::ReadOnly),
@@ -414,10 +479,15 @@ fn bad_inputs_give_specific_errors() {
     // Usage errors: exit 2, before touching anything. These need no root.
     for args in [
         &["loop", "detach", "7:0"][..],
-        &["loop", "detach", "7-0", "--diskseq", "1"],
         &["loop", "detach", "7:0", "--diskseq", "0"],
         &["loop", "detach", "7:0", "--diskseq", "abc"],
-        &["open", "--diskseq", "1"],
+    ] {
+        let out = diskseq(args);
+        assert_exit(&out, 2);
+    }
+    // `open`'s own usage errors: 125, as `env` (its 1-3 may be CMD's).
+    for args in [
+        &["open", "--diskseq", "1"][..],
         &[
             "open",
             "--diskseq",
@@ -429,11 +499,21 @@ fn bad_inputs_give_specific_errors() {
             "--",
             "true",
         ],
-        &["show", "loop0"],
     ] {
         let out = diskseq(args);
-        assert_exit(&out, 2);
+        assert_exit(&out, 125);
     }
+    // Anything but a decimal MAJ:MIN is a path, relative ones included.
+    let out = diskseq(&["loop", "detach", "7-0", "--diskseq", "1"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("stat 7-0"), "{}", stderr(&out));
+    let out = diskseq(&["show", "no-such-image.img"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("no-such-image.img"),
+        "{}",
+        stderr(&out)
+    );
     let out = diskseq(&["loop", "detach", "7:0", "--diskseq", "0"]);
     assert!(
         stderr(&out).contains("0 is never a diskseq"),

@@ -411,12 +411,28 @@ pub fn run(
         discard_enable: true,
     };
     let attach = tools.attach(&spec).map_err(|e| fail("attach")(&e))?;
+    // A script that exits 0 without publishing both nodes is not a diskseq
+    // hotplug script (e.g. --script /bin/true): nothing below can work.
+    let (Some(dev_node), Some(seq_node)) = (&attach.physical_device_node, &attach.diskseq_node)
+    else {
+        return Err(fail("attach")(&format!(
+            "{} exited 0 but published no {} in {}: it is not a hotplug script that \
+             publishes a device and its diskseq (use block-diskseq)",
+            script.display(),
+            match (&attach.physical_device_node, &attach.diskseq_node) {
+                (None, None) => "physical-device and no diskseq",
+                (None, Some(_)) => "physical-device",
+                _ => "diskseq",
+            },
+            attach.backend
+        )));
+    };
     detail(
         narrate,
         format!(
             "the script published physical-device {} and diskseq {} in one transaction; exit status 0",
-            attach.physical_device.as_deref().map_or("?".into(), dev_both),
-            attach.diskseq.as_deref().map_or("?".into(), seq_both)
+            dev_both(dev_node),
+            seq_both(seq_node)
         ),
     );
     let guest_a = &stage.frontends[0];

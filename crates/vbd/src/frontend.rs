@@ -115,7 +115,11 @@ pub enum FrontendError {
 
 /// A wait on a [`FrontendHandle`] that did not see its condition in time.
 #[derive(Debug, thiserror::Error)]
-#[error("guest {domid} vbd {devid}: {what} not reached within {timeout:?} (last seen: {last:?})")]
+#[error(
+    "guest {domid} vbd {devid}: {what} not reached within {} s ({})",
+    timeout.as_secs_f64(),
+    describe_last(last.as_ref())
+)]
 pub struct WaitTimeout {
     /// The guest domain.
     pub domid: u32,
@@ -127,6 +131,17 @@ pub struct WaitTimeout {
     pub timeout: Duration,
     /// The view when the wait gave up.
     pub last: Option<VbdView>,
+}
+
+/// The last view of a timed-out wait, in words.
+fn describe_last(last: Option<&VbdView>) -> String {
+    match last {
+        None => "the guest never saw the disk".into(),
+        Some(view) => format!(
+            "last seen: frontend {} ({:?}), backend {} ({:?}) at {}",
+            view.state, view.state, view.backend_state, view.backend_state, view.backend
+        ),
+    }
 }
 
 #[derive(Default)]

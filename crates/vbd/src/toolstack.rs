@@ -63,10 +63,16 @@ pub struct AttachReport {
     /// The script run (`None` when the backend domain is not this one: a
     /// driver domain runs its own scripts).
     pub script: Option<ScriptOutcome>,
-    /// `physical-device` as the script published it.
-    pub physical_device: Option<String>,
-    /// `diskseq` as the script published it.
-    pub diskseq: Option<String>,
+    /// The published device number, decimal `MAJ:MIN` as the kernel and
+    /// sysfs write it (`None`: not published, or not a device number).
+    pub dev: Option<String>,
+    /// The published diskseq, decimal (`None`: not published, a legacy
+    /// script, or not a diskseq).
+    pub diskseq: Option<u64>,
+    /// The `physical-device` node as the script wrote it (hex `maj:min`).
+    pub physical_device_node: Option<String>,
+    /// The `diskseq` node as the script wrote it (hex).
+    pub diskseq_node: Option<String>,
     /// `hotplug-status`.
     pub hotplug_status: Option<String>,
     /// Wall time of the whole attach, in milliseconds.
@@ -101,6 +107,14 @@ pub enum ToolstackError {
         /// The client's error.
         #[source]
         source: xenstore::client::Error,
+    },
+    /// Detach named a disk with neither a backend nor a frontend directory.
+    #[error("no such disk: neither {backend} nor {frontend} exists (not attached)")]
+    NotAttached {
+        /// The backend directory.
+        backend: String,
+        /// The frontend directory.
+        frontend: String,
     },
     /// The device directory is already there.
     #[error("{backend}: device already exists (detach it first)")]
@@ -228,14 +242,24 @@ impl Toolstack {
             });
         }
         let mut values = values.into_iter();
+        let physical_device_node = values.next().flatten();
+        let diskseq_node = values.next().flatten();
         Ok(AttachReport {
             backend: backend_dir,
             frontend: layout.frontend_dir.clone(),
             vdev: spec.vdev.name.clone(),
             devid: spec.vdev.devid,
             script: outcome,
-            physical_device: values.next().flatten(),
-            diskseq: values.next().flatten(),
+            dev: physical_device_node
+                .as_deref()
+                .and_then(|hex| diskseq::DevNum::parse_xenstore(hex).ok())
+                .map(|dev| dev.to_string()),
+            diskseq: diskseq_node
+                .as_deref()
+                .and_then(|hex| diskseq::DiskSeq::parse_xenstore(hex).ok())
+                .map(diskseq::DiskSeq::get),
+            physical_device_node,
+            diskseq_node,
             hotplug_status: values.next().flatten(),
             elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
         })
@@ -290,18 +314,27 @@ impl Toolstack {
         let frontend_dir = layout::frontend_dir(frontend_domid, vdev.devid);
         let state_node = backend.node(node::STATE);
         let online_node = backend.node(node::ONLINE);
-        let present = client
+        let (present, frontend_present) = client
             .transaction(|tx| {
+                let frontend_present = tx.read_opt(&frontend_dir)?.is_some();
                 let Some(raw) = tx.read_opt(&state_node)? else {
-                    return Ok(false);
+                    return Ok((false, frontend_present));
                 };
                 tx.write(&online_node, b"0")?;
                 if XenbusState::from_node(&raw).ok() != Some(XenbusState::Closed) {
                     tx.write(&state_node, XenbusState::Closing.to_string().as_bytes())?;
                 }
-                Ok(true)
+                Ok((true, frontend_present))
             })
             .map_err(xs(format!("closing {backend_dir}")))?;
+        // As `xl block-detach` ("device not connected"): naming a disk that
+        // is not there is an error, not a successful no-op.
+        if !present && !frontend_present {
+            return Err(ToolstackError::NotAttached {
+                backend: backend_dir,
+                frontend: frontend_dir,
+            });
+        }
         let mut report = DetachReport {
             backend: backend_dir.clone(),
             frontend: frontend_dir.clone(),

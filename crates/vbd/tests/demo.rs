@@ -33,16 +33,14 @@ fn the_demo_shows_the_refusal_and_the_wrong_disk_and_leaves_nothing() {
     // Step 3: the backend holds image A, by inode, and reads it.
     assert!(report.attach.backing_is_image_a);
     assert!(report.attach.first_bytes.starts_with("image A"));
-    let published = report
-        .attach
-        .attach
-        .diskseq
-        .as_deref()
-        .expect("diskseq published");
-    assert_eq!(
-        u64::from_str_radix(published, 16).unwrap(),
-        report.attach.held.diskseq
-    );
+    let published = report.attach.attach.diskseq.expect("diskseq published");
+    assert_eq!(published, report.attach.held.diskseq);
+    let node = report.attach.attach.diskseq_node.as_deref().unwrap();
+    assert_eq!(u64::from_str_radix(node, 16).unwrap(), published);
+    // JSON numbers are decimal: the summary's diskseq is a number.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["attach"]["attach"]["diskseq"], published);
+    assert_eq!(json["attach"]["held"]["diskseq"], published);
 
     // Step 4: same minor, another instance, refused with ENODEV.
     let race = &report.race_checked;

@@ -53,15 +53,17 @@ fn attach_and_detach_from_the_command_line() {
     assert!(output.status.success(), "{json}");
     assert_eq!(json["ok"], true);
     assert_eq!(json["attach"]["devid"], 51712);
-    let seq = json["attach"]["diskseq"]
+    // JSON numbers are decimal; the hex form is only the xenstore node's.
+    let seq = json["attach"]["diskseq"].as_u64().expect("decimal diskseq");
+    let node = json["attach"]["diskseq_node"]
         .as_str()
-        .expect("diskseq")
-        .to_owned();
+        .expect("diskseq node");
     let view = guest
         .wait_state(51712, XenbusState::Connected, Duration::from_secs(10))
         .unwrap();
     assert!(view.disk.unwrap().read_only());
-    assert_eq!(backend.held_disks()[0].id.seq.to_xenstore(), seq);
+    assert_eq!(backend.held_disks()[0].id.seq.get(), seq);
+    assert_eq!(backend.held_disks()[0].id.seq.to_xenstore(), node);
 
     // Attaching it again is refused, exit 1.
     let (output, json) = run(&mut attach(&socket, &image, "r"));
@@ -80,6 +82,23 @@ fn attach_and_detach_from_the_command_line() {
     assert_eq!(json["detach"]["closed"], true);
     wait_detached(&image);
     assert!(backend.held_disks().is_empty());
+
+    // Detaching it again: nothing is there, an error as with xl.
+    let (output, json) = run(diskseq().arg("detach").arg("--socket").arg(&socket).args([
+        "--domain",
+        "1",
+        "--vdev",
+        "xvda",
+        "--timeout",
+        "0.5",
+        "--json",
+    ]));
+    assert_eq!(output.status.code(), Some(1), "{json}");
+    assert_eq!(json["ok"], false);
+    assert!(
+        json["error"].as_str().unwrap().contains("not attached"),
+        "{json}"
+    );
 }
 
 #[test]

@@ -13,7 +13,8 @@
 XT_STATE=/run/xentest
 mkdir -p "$XT_STATE"
 XT_SCENARIO=${XT_SCENARIO:-dom0}
-DISKSEQ_SCRIPT=/usr/local/bin/block-diskseq
+# Installed by /init from this tree's .deb, where libxl looks for scripts.
+DISKSEQ_SCRIPT=/etc/xen/scripts/block-diskseq
 STOCK_SCRIPT=/etc/xen/scripts/block
 NAIVE_SCRIPT=/xentest/naive-block
 # Seconds to wait for a state change. Generous: under TCG on a busy 2-core
