@@ -9,10 +9,10 @@ use xenstore::perms::Perms;
 use xenstore::wire::{self, Errno, Message, MsgType, OK_PAYLOAD};
 
 use crate::access::Caller;
-use crate::config::{Quotas, PERMS_PER_NODE};
+use crate::config::{Quotas, PERMS_PER_NODE, TRANSACTION_NODES};
 use crate::domains::Domains;
 use crate::ops;
-use crate::store::{Direct, Node, Overlay, Store, Tree, TxView};
+use crate::store::{CommitError, Direct, Node, Overlay, Store, Tree, TxView};
 use crate::watch::{Change, ConnId, Subscriber, WatchIndex};
 
 /// Everything shared by all connections.
@@ -275,10 +275,10 @@ impl Tree for View<'_> {
             View::Tx(t) => t.update(path, change),
         }
     }
-    fn owned_by(&self, domid: u32) -> usize {
+    fn entries_full(&self, domid: u32, new_nodes: usize, limit: usize) -> bool {
         match self {
-            View::Direct(t) => t.owned_by(domid),
-            View::Tx(t) => t.owned_by(domid),
+            View::Direct(t) => t.entries_full(domid, new_nodes, limit),
+            View::Tx(t) => t.entries_full(domid, new_nodes, limit),
         }
     }
     fn record(&mut self, change: Change) {
@@ -316,8 +316,10 @@ impl Request<'_> {
         Ok(path)
     }
 
-    /// Runs `op` on the live store or the request's transaction.
-    fn run<R>(&mut self, op: impl FnOnce(&mut View<'_>, &Caller, &Quotas) -> R) -> R {
+    /// Runs `op` on the live store or the request's transaction. A
+    /// request that needed more nodes than the transaction-node quota
+    /// leaves is ENOSPC, whatever `op` answered (see [`TxView::refused`]).
+    fn run(&mut self, op: impl FnOnce(&mut View<'_>, &Caller, &Quotas) -> Reply) -> Reply {
         let quotas = self.state.quotas;
         if self.tx_id == 0 {
             let mut changes = Vec::new();
@@ -329,12 +331,17 @@ impl Request<'_> {
             self.out.changes.append(&mut changes);
             result
         } else {
-            let overlay = self.session.transactions.entry(self.tx_id).or_default();
-            op(
-                &mut View::Tx(TxView::new(&self.state.store, overlay)),
-                &self.caller,
-                &quotas,
-            )
+            let overlay = self
+                .session
+                .transactions
+                .get_mut(&self.tx_id)
+                .ok_or(Errno::ENOENT)?;
+            let mut view = View::Tx(TxView::new(&self.state.store, overlay));
+            let reply = op(&mut view, &self.caller, &quotas);
+            match view {
+                View::Tx(tx) if tx.refused() => Err(Errno::ENOSPC),
+                _ => reply,
+            }
         }
     }
 
@@ -462,7 +469,8 @@ impl Request<'_> {
             }
         }
         session.last_tx_id = id;
-        session.transactions.insert(id, Overlay::default());
+        let node_limit = (!session.privileged).then_some(TRANSACTION_NODES);
+        session.transactions.insert(id, Overlay::new(node_limit));
         Ok(wire::nul_terminated(&[id.to_string().as_bytes()]))
     }
 
@@ -478,11 +486,16 @@ impl Request<'_> {
             .remove(&self.tx_id)
             .ok_or(Errno::ENOENT)?;
         if commit {
+            let entries = self.state.quotas.entries;
             let mut changes = self
                 .state
                 .store
-                .commit(overlay)
-                .map_err(|_| Errno::EAGAIN)?;
+                .commit(overlay, entries)
+                .map_err(|e| match e {
+                    CommitError::Failed => Errno::ENOMEM,
+                    CommitError::Quota { .. } => Errno::ENOSPC,
+                    CommitError::Conflict { .. } => Errno::EAGAIN,
+                })?;
             self.out.changes.append(&mut changes);
         }
         Ok(ack(()))

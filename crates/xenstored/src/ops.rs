@@ -211,7 +211,7 @@ fn create<T: Tree>(
         if let Some(owner) = perms.0.first_mut() {
             owner.domid = caller.domid;
         }
-        if t.owned_by(caller.domid) + missing.len() > quotas.entries {
+        if t.entries_full(caller.domid, missing.len(), quotas.entries) {
             return Err(Errno::ENOSPC);
         }
         let anchor_size = anchor_size + base_name(top).len() + 1;
@@ -568,12 +568,12 @@ mod tests {
     fn transaction_ops_see_own_writes_only() {
         let mut store = Store::new();
         let q = Quotas::default();
-        let mut overlay = Overlay::default();
+        let mut overlay = Overlay::new(None);
         let mut tx = TxView::new(&store, &mut overlay);
         write(&mut tx, &DOM0, &q, "/t/x", b"1").unwrap();
         assert_eq!(read(&mut tx, &DOM0, "/t/x").unwrap(), b"1");
         assert!(store.get("/t/x").is_none());
-        let changes = store.commit(overlay).unwrap();
+        let changes = store.commit(overlay, q.entries).unwrap();
         assert_eq!(changes.len(), 1);
         assert_eq!(&*store.get("/t/x").unwrap().value, b"1");
         assert_eq!(store.get("/").unwrap().children.len(), 2);
