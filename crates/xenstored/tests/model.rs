@@ -709,11 +709,194 @@ fn reads_in_a_transaction_are_repeatable() {
     ]);
 }
 
+/// The guest the `guest_` tests use when the daemon is ours in-process.
+const GUEST: u32 = 5;
+
+/// A guest connection of the daemon under test, with its home present and
+/// owned by it as a toolstack leaves it, and a fresh directory of its own
+/// below `data` (relative path), removed on drop.
+struct GuestCorner {
+    daemon: DaemonUnderTest,
+    own: String,
+    domid: u32,
+}
+
+impl GuestCorner {
+    fn set_up(name: &str) -> (Self, Conn) {
+        let daemon = DaemonUnderTest::start(&[GUEST], xenstored::Quotas::default());
+        let domid = daemon.first_guest();
+        let home = format!("/local/domain/{domid}");
+        let mut dom0 = Conn::connect(daemon.endpoint());
+        if dom0.call(MsgType::Read, 0, &arg(&home)).is_err() {
+            dom0.call(MsgType::Mkdir, 0, &arg(&home)).unwrap();
+            let owner = format!("n{domid}");
+            dom0.call(MsgType::SetPerms, 0, &common::args(&[&home, &owner]))
+                .unwrap();
+        }
+        let unique = unique_prefix(name);
+        let own = format!("data/{}", unique.rsplit('/').next().unwrap());
+        let mut guest = Conn::connect(&daemon.guest_endpoint(domid));
+        guest.call(MsgType::Mkdir, 0, &arg(&own)).unwrap();
+        (GuestCorner { daemon, own, domid }, guest)
+    }
+
+    fn absolute(&self, relative: &str) -> String {
+        format!("/local/domain/{}/{relative}", self.domid)
+    }
+
+    fn dom0(&self) -> Conn {
+        Conn::connect(self.daemon.endpoint())
+    }
+}
+
+impl Drop for GuestCorner {
+    fn drop(&mut self) {
+        if let Ok(mut c) = xenstore::Client::connect_path(self.daemon.endpoint()) {
+            let _ = c.rm(&self.absolute(&self.own));
+        }
+    }
+}
+
+fn start_transaction(conn: &mut Conn) -> u32 {
+    let reply = conn.call(MsgType::TransactionStart, 0, b"\0").unwrap();
+    std::str::from_utf8(&reply[..reply.len() - 1])
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A WRITE's payload: the path, NUL, the value as it is.
+fn write_payload(path: &str, value: &[u8]) -> Vec<u8> {
+    let mut payload = arg(path);
+    payload.extend_from_slice(value);
+    payload
+}
+
+/// `base/` followed by `depth` nested directories and a leaf: one WRITE
+/// creates `depth + 1` nodes (plus `base` if missing).
+fn chain(base: &str, depth: usize) -> String {
+    format!("{base}/{}x", "a/".repeat(depth))
+}
+
+/// Issue 12, defect 2 — XSA-326 "nodes in many transactions": each of a
+/// guest's transactions adds nodes that fit the entries quota (1000) alone;
+/// together they do not. The C daemon re-checks every changed domain's
+/// count at commit (`transaction_fix_domains`): the first commit succeeds,
+/// the second is ENOSPC and leaves nothing. Both transactions are on one
+/// connection, so the test also runs through the relay guest on real Xen.
+#[test]
+fn guest_xsa_326_nodes_in_many_transactions() {
+    let (corner, mut guest) = GuestCorner::set_up("xsa-326-many-tx");
+    let own = &corner.own;
+    let (t1, t2) = (start_transaction(&mut guest), start_transaction(&mut guest));
+    // 6 chains of 101 nodes plus their parent: 607 nodes per transaction.
+    for (tx, name) in [(t1, "t1"), (t2, "t2")] {
+        for k in 0..6 {
+            let payload = write_payload(&chain(&format!("{own}/{name}/k{k}"), 99), b"v");
+            assert_eq!(
+                guest.call(MsgType::Write, tx, &payload),
+                Ok(b"OK\0".to_vec()),
+                "{name} chain {k}"
+            );
+        }
+    }
+    assert_eq!(
+        guest.call(MsgType::TransactionEnd, t1, b"T\0"),
+        Ok(b"OK\0".to_vec())
+    );
+    assert_eq!(
+        guest.call(MsgType::TransactionEnd, t2, b"T\0"),
+        Err("ENOSPC".to_string()),
+        "the second transaction would take the guest past its entries quota"
+    );
+    let mut dom0 = corner.dom0();
+    let leaf = |name: &str| arg(&corner.absolute(&chain(&format!("{own}/{name}/k5"), 99)));
+    assert_eq!(dom0.call(MsgType::Read, 0, &leaf("t1")), Ok(b"v".to_vec()));
+    assert_eq!(
+        dom0.call(
+            MsgType::Read,
+            0,
+            &arg(&corner.absolute(&format!("{own}/t2")))
+        ),
+        Err("ENOENT".to_string())
+    );
+    // The guest keeps working below its quota.
+    guest
+        .call(MsgType::Rm, 0, &arg(&format!("{own}/t1")))
+        .unwrap();
+    guest
+        .call(
+            MsgType::Write,
+            0,
+            &write_payload(&format!("{own}/after"), b"1"),
+        )
+        .unwrap();
+}
+
+/// XSA-326 "accessing many nodes in one transaction": a guest's
+/// transaction may use at most 1024 nodes (the C daemon's
+/// transaction-nodes quota). A READ of a missing deep path uses the path
+/// and each missing parent, so the third READ of 450 levels needs more:
+/// ENOSPC, and the commit fails (ENOMEM, as the C daemon's failed
+/// transaction). Nodes already used stay readable in it.
+#[test]
+fn guest_xsa_326_many_nodes_in_one_transaction() {
+    let (corner, mut guest) = GuestCorner::set_up("xsa-326-tx-nodes");
+    let own = &corner.own;
+    guest
+        .call(
+            MsgType::Write,
+            0,
+            &write_payload(&format!("{own}/known"), b"k"),
+        )
+        .unwrap();
+    let tx = start_transaction(&mut guest);
+    assert_eq!(
+        guest.call(MsgType::Read, tx, &arg(&format!("{own}/known"))),
+        Ok(b"k".to_vec())
+    );
+    for q in 0..2 {
+        assert_eq!(
+            guest.call(MsgType::Read, tx, &arg(&chain(&format!("{own}/q{q}"), 450))),
+            Err("ENOENT".to_string()),
+            "read {q}: within the quota"
+        );
+    }
+    assert_eq!(
+        guest.call(MsgType::Read, tx, &arg(&chain(&format!("{own}/q2"), 450))),
+        Err("ENOSPC".to_string()),
+        "past 1024 nodes in one transaction"
+    );
+    assert_eq!(
+        guest.call(MsgType::TransactionEnd, tx, b"T\0"),
+        Err("ENOMEM".to_string())
+    );
+    // Outside the transaction, and for dom0, nothing changed.
+    assert_eq!(
+        guest.call(MsgType::Read, 0, &arg(&format!("{own}/known"))),
+        Ok(b"k".to_vec())
+    );
+    let mut dom0 = corner.dom0();
+    let dtx = start_transaction(&mut dom0);
+    for q in 0..3 {
+        let path = corner.absolute(&chain(&format!("{own}/q{q}"), 450));
+        assert_eq!(
+            dom0.call(MsgType::Read, dtx, &arg(&path)),
+            Err("ENOENT".to_string()),
+            "dom0 has no transaction-nodes quota"
+        );
+    }
+    assert_eq!(
+        dom0.call(MsgType::TransactionEnd, dtx, b"T\0"),
+        Ok(b"OK\0".to_vec())
+    );
+}
+
 /// Serves our daemon when this binary is re-executed for
 /// [`model_against_a_separate_daemon_process`]; passes at once otherwise.
 #[test]
 fn separate_daemon_process() {
-    daemon_under_test::serve_if_asked(&[]);
+    daemon_under_test::serve_if_asked(&[GUEST]);
 }
 
 /// The external mode on every `cargo test`: the model's sequences against
@@ -728,7 +911,7 @@ fn model_against_a_separate_daemon_process() {
         "separate_daemon_process",
         "model_against_a_separate_daemon_process",
         None,
-        &[],
+        &[GUEST],
         &[("PROPTEST_CASES", "40")],
     );
 }

@@ -3,7 +3,7 @@
 # sequences (crates/xenstored/tests/model.rs) — run as the built test
 # binaries against the real C xenstored of this dom0 (over its socket and
 # over /dev/xen/xenbus) and against ours started here
-# on its own socket. The client suite's guest_ tests run against the C
+# on its own socket. Both suites' guest_ tests run against the C
 # daemon with a real PV guest's connection: the guest runs the suite binary
 # as a relay agent on its own /dev/xen/xenbus (tests/xen/guest/relay-init),
 # and the suite in dom0 reaches it as XENSTORE_TEST_GUESTS=<domid>=relay.
@@ -89,8 +89,8 @@ run_suite client-c-socket client_daemon "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY
 # the dom0 kernel's, with blkback's watches on it.
 run_suite client-c-xenbus client_daemon "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}" --skip own_connection_
 run_suite client-ours client_daemon "$OURS" diskseq "${SELF_TESTS[@]}"
-run_suite model-c-socket model "$REAL" xen "${SELF_TESTS[@]}"
-run_suite model-c-xenbus model "$XENBUS" xen "${SELF_TESTS[@]}"
+run_suite model-c-socket model "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
+run_suite model-c-xenbus model "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
 run_suite model-ours model "$OURS" diskseq "${SELF_TESTS[@]}"
 
 # The guest_ tests against the C daemon, with a real PV guest's connection.
@@ -118,6 +118,9 @@ if wait_for 150 xenstore-exists "$ready"; then
     xt_figure relay_guest_ready_seconds "$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')"
     # One test at a time: relayed connections take turns anyway.
     GUESTS="$domid=relay" THREADS=1 run_suite client-c-guest client_daemon "$REAL" xen "${SELF_TESTS[@]}" guest_
+    # The daemon's guest_ tests: the quota re-check at commit and the
+    # transaction-nodes quota (XSA-326), through the same relay.
+    GUESTS="$domid=relay" THREADS=1 run_suite model-c-guest model "$REAL" xen "${SELF_TESTS[@]}" guest_
 else
     xt_fail_check "the relay agent in guest ${domid:-?} never wrote $ready"
 fi
