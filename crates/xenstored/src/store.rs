@@ -143,6 +143,44 @@ impl Store {
         self.owned.get(&domid).copied().unwrap_or(0)
     }
 
+    /// Checks what every change must preserve: each node but `/` and the
+    /// special nodes is listed by its parent, every listed child exists,
+    /// and the per-domain counts are the nodes' owners. For tests and the
+    /// fuzzer; O(nodes).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn check(&self) -> Result<(), String> {
+        let mut owned: HashMap<u32, usize> = HashMap::new();
+        for (path, node) in &self.nodes {
+            *owned.entry(node.perms.owner()).or_insert(0) += 1;
+            for child in &node.children {
+                let child_path = match &**path {
+                    "/" => format!("/{child}"),
+                    _ => format!("{path}/{child}"),
+                };
+                if !self.nodes.contains_key(child_path.as_str()) {
+                    return Err(format!("{path} lists {child}, which does not exist"));
+                }
+            }
+            if &**path == "/" || path.starts_with('@') {
+                continue;
+            }
+            let cut = path.rfind('/').unwrap_or(0);
+            let (parent, name) = (if cut == 0 { "/" } else { &path[..cut] }, &path[cut + 1..]);
+            match self.nodes.get(parent) {
+                Some(p) if p.children.iter().filter(|c| &***c == name).count() == 1 => {}
+                Some(_) => return Err(format!("{parent} does not list {name} exactly once")),
+                None => return Err(format!("{path} has no parent")),
+            }
+        }
+        if owned != self.owned {
+            return Err(format!(
+                "owner counts {:?}, nodes say {owned:?}",
+                self.owned
+            ));
+        }
+        Ok(())
+    }
+
     fn bump_generation(&mut self) -> u64 {
         self.next_generation += 1;
         self.next_generation

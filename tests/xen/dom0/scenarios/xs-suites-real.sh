@@ -19,6 +19,8 @@ CASES=${1:-100}
 # Bound on one suite binary's run, so that a hang is reported with its
 # evidence inside the scenario's budget.
 SUITE_TIMEOUT=90
+# A failing model sequence is shrunk at most this many steps, so that its
+# report (the step and the transaction's state) arrives within that bound.
 BIN=/xentest/bin
 REAL=/run/xenstored/socket
 XENBUS=/dev/xen/xenbus
@@ -58,7 +60,7 @@ run_suite() {
     listed=$("$bin" --list "$@" 2>/dev/null | grep -c ': test$')
     start=$(ms_now)
     XENSTORE_TEST_DAEMON=$endpoint XENSTORE_TEST_DAEMON_KIND=$kind XENSTORE_TEST_GUESTS=$guests \
-        PROPTEST_CASES=$CASES RUST_BACKTRACE=0 timeout "$SUITE_TIMEOUT" "$bin" --test-threads="${THREADS:-2}" "$@" \
+        PROPTEST_CASES=$CASES PROPTEST_MAX_SHRINK_ITERS=${XS_SHRINK_ITERS:-32} RUST_BACKTRACE=0 timeout "$SUITE_TIMEOUT" "$bin" --test-threads="${THREADS:-2}" "$@" \
         >"$XT_STATE/$label.out" 2>&1
     rc=$?
     secs=$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')
