@@ -193,22 +193,33 @@ impl Model {
         }
     }
 
-    /// `root` and the nodes below it, found through the child lists (as
-    /// the daemons do: in a transaction those are the transaction's copies,
-    /// which need not list a child created outside it meanwhile).
-    fn subtree(&self, root: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut todo = vec![root.to_string()];
-        while let Some(path) = todo.pop() {
-            let Some(node) = self.nodes.get(&path) else {
-                continue;
-            };
-            for child in &node.children {
-                todo.push(format!("{}/{child}", path.trim_end_matches('/')));
+    /// Removes `path` and the nodes below it as the C daemon walks them:
+    /// through the child lists (in a transaction those are its copies,
+    /// which need not list a child created outside since), children first,
+    /// each removed from its parent's list. A listed child that does not
+    /// exist (removed outside since the copy) stops the walk, what was
+    /// removed staying removed: false.
+    fn remove_subtree(&mut self, path: &str, a: &mut Access) -> bool {
+        let children = self.nodes[path].children.clone();
+        for child in children {
+            let child_path = format!("{}/{child}", path.trim_end_matches('/'));
+            if !self.nodes.contains_key(&child_path) {
+                a.touched.push(child_path);
+                return false;
             }
-            out.push(path);
+            if !self.remove_subtree(&child_path, a) {
+                return false;
+            }
+            self.nodes
+                .get_mut(path)
+                .unwrap()
+                .children
+                .retain(|c| *c != child);
         }
-        out
+        self.nodes.remove(path);
+        a.touched.push(path.to_string());
+        a.changed.insert(path.to_string());
+        true
     }
 
     fn apply(&mut self, op: &NodeOp) -> (Reply, Access) {
@@ -267,21 +278,27 @@ impl Model {
                     }
                 } else if p == "/" {
                     Err("EINVAL".to_string())
+                } else if !self.nodes.contains_key(parent(p)) {
+                    // Only in a transaction: its copy of the parent is
+                    // missing, the node is live. The C daemon's `rm_node`
+                    // reads the parent first: EINVAL, nothing removed.
+                    a.touched.push(parent(p).into());
+                    Err("EINVAL".to_string())
                 } else {
-                    let doomed = self.subtree(p);
-                    for d in doomed {
-                        self.nodes.remove(&d);
-                        a.touched.push(d.clone());
-                        a.changed.insert(d);
+                    if !self.remove_subtree(p, &mut a) {
+                        return (Err("EIO".to_string()), a);
                     }
                     let name = base(p).to_string();
-                    self.nodes
-                        .get_mut(parent(p))
-                        .unwrap()
-                        .children
-                        .retain(|c| *c != name);
-                    a.changed.insert(parent(p).into());
                     a.touched.push(parent(p).into());
+                    let siblings = &mut self.nodes.get_mut(parent(p)).unwrap().children;
+                    // A transaction's copy of the parent may not list a
+                    // child created outside since: the C daemon removes
+                    // the subtree, then answers EIO (`delete_child`).
+                    if !siblings.contains(&name) {
+                        return (Err("EIO".to_string()), a);
+                    }
+                    siblings.retain(|c| *c != name);
+                    a.changed.insert(parent(p).into());
                     ok()
                 }
             }
@@ -705,6 +722,60 @@ fn reads_in_a_transaction_are_repeatable() {
         Step::Node(1, Rm("/m/a".into())),
         Step::Node(0, Read("/m/a".into())),
         Step::Node(0, Write("/m/a/x".into(), b"1".to_vec())),
+        Step::End(0, true),
+    ]);
+}
+
+/// Found by the model against the C daemon (shrunk): a transaction creates
+/// `/m` in its own view; another client creates `/m/a` outside; the
+/// transaction removes `/m/a`, which it sees (live, never used) but which
+/// its copy of `/m` does not list. The C daemon removes the subtree from
+/// the transaction's view and answers EIO; the commit is EAGAIN.
+#[test]
+fn rm_in_a_transaction_of_a_child_its_parent_copy_does_not_list() {
+    use NodeOp::*;
+    run(vec![
+        Step::Start(0),
+        Step::Node(0, Mkdir("/m/c/c/c".into())),
+        Step::Node(1, Write("/m/a".into(), b"x".to_vec())),
+        Step::Node(0, Rm("/m/a".into())),
+        Step::Node(0, Read("/m/a".into())),
+        Step::End(0, true),
+    ]);
+}
+
+/// A transaction's copy of `/m/a` lists `b`, which is removed outside; the
+/// transaction's RM of `/m/a` removes `c` (listed first), then stops at the
+/// missing `b` with EIO, as the C daemon's tree walk does.
+#[test]
+fn rm_in_a_transaction_stops_at_a_child_removed_outside() {
+    use NodeOp::*;
+    run(vec![
+        Step::Node(1, Write("/m/a/c/d".into(), b"1".to_vec())),
+        Step::Node(1, Write("/m/a/b".into(), b"2".to_vec())),
+        Step::Start(0),
+        Step::Node(0, Directory("/m/a".into())),
+        Step::Node(1, Rm("/m/a/b".into())),
+        Step::Node(0, Rm("/m/a".into())),
+        Step::Node(0, Directory("/m/a".into())),
+        Step::Node(0, Read("/m/a/c".into())),
+        Step::End(0, true),
+    ]);
+}
+
+/// The same with the transaction's copy of the parent missing: it looked
+/// for `/m/x` before `/m` existed; `/m/a` is created outside; removing it
+/// in the transaction is EINVAL (the C daemon reads the parent first) and
+/// removes nothing.
+#[test]
+fn rm_in_a_transaction_of_a_child_whose_parent_it_saw_missing() {
+    use NodeOp::*;
+    run(vec![
+        Step::Start(0),
+        Step::Node(0, Read("/m/x".into())),
+        Step::Node(1, Write("/m/a/b".into(), b"x".to_vec())),
+        Step::Node(0, Rm("/m/a".into())),
+        Step::Node(0, Read("/m/a/b".into())),
         Step::End(0, true),
     ]);
 }
