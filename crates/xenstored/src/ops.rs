@@ -431,6 +431,7 @@ mod tests {
         assert_eq!(f.dir(&DOM0, "/a").unwrap(), b"b\0");
         assert_eq!(f.dir(&DOM0, "/").unwrap(), b"tool\0a\0");
         assert_eq!(f.events(), vec![("/a/b/c".into(), false)]);
+        f.store.check().unwrap();
     }
 
     #[test]
@@ -518,6 +519,7 @@ mod tests {
         f.write(&guest, "/local/domain/5/b", "").unwrap();
         rm(&mut f.t(), &guest, "/local/domain/5/a").unwrap();
         f.write(&guest, "/local/domain/5/c", "").unwrap();
+        f.store.check().unwrap();
     }
 
     #[test]
@@ -556,6 +558,7 @@ mod tests {
         );
         assert_eq!(f.dir(&DOM0, "/").unwrap(), b"tool\0");
         assert_eq!(f.store.len(), 5);
+        f.store.check().unwrap();
     }
 
     #[test]

@@ -601,6 +601,7 @@ mod tests {
         // 3 nodes stay below a quota of 4; 6 would not.
         store.commit(one, 4).unwrap();
         assert_eq!(store.owned_by(5), 3);
+        assert!(store.check().is_err(), "the test's nodes have no parent");
         assert_eq!(store.commit(two, 4), Err(CommitError::Quota { domid: 5 }));
         assert_eq!(store.owned_by(5), 3, "nothing of the refused one applied");
         // dom0 is never limited.

@@ -651,7 +651,7 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
             6 => step().prop_map(|s| vec![s]),
             1 => probe(),
         ],
-        1..40,
+        1..30,
     )
     .prop_map(|groups| groups.into_iter().flatten().collect())
 }

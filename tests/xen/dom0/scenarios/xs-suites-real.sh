@@ -18,7 +18,7 @@ source /xentest/lib.sh
 CASES=${1:-100}
 # Bound on one suite binary's run, so that a hang is reported with its
 # evidence inside the scenario's budget.
-SUITE_TIMEOUT=90
+SUITE_TIMEOUT=150
 # A failing model sequence is shrunk at most this many steps, so that its
 # report (the step and the transaction's state) arrives within that bound.
 BIN=/xentest/bin
@@ -47,7 +47,7 @@ diskseq xenstored --socket "$OURS" --domain-socket "$OURS_GUEST=$OURS_DIR/guest"
     --pid-file "$OURS_DIR/pid" >"$XT_STATE/xs-suites-ours.log" 2>&1 &
 xt_check "our xenstored accepts connections" wait_for 10 test -S "$OURS"
 
-# [GUESTS=<domid>=<endpoint>] [THREADS=<n>] run_suite <label> <binary> <endpoint> <kind> [test filter arguments...]
+# [GUESTS=<domid>=<endpoint>] [THREADS=<n>] [SUITE_CASES=<n>] run_suite <label> <binary> <endpoint> <kind> [test filter arguments...]
 # Runs the selected tests of one suite binary against one daemon; the check
 # passes only when every selected test ran and passed. Our daemon's guest
 # is its simulated guest socket unless GUESTS says otherwise.
@@ -60,7 +60,7 @@ run_suite() {
     listed=$("$bin" --list "$@" 2>/dev/null | grep -c ': test$')
     start=$(ms_now)
     XENSTORE_TEST_DAEMON=$endpoint XENSTORE_TEST_DAEMON_KIND=$kind XENSTORE_TEST_GUESTS=$guests \
-        PROPTEST_CASES=$CASES PROPTEST_MAX_SHRINK_ITERS=${XS_SHRINK_ITERS:-32} RUST_BACKTRACE=0 timeout "$SUITE_TIMEOUT" "$bin" --test-threads="${THREADS:-2}" "$@" \
+        PROPTEST_CASES=${SUITE_CASES:-$CASES} PROPTEST_MAX_SHRINK_ITERS=${XS_SHRINK_ITERS:-32} RUST_BACKTRACE=0 timeout "$SUITE_TIMEOUT" "$bin" --test-threads="${THREADS:-2}" "$@" \
         >"$XT_STATE/$label.out" 2>&1
     rc=$?
     secs=$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')
@@ -92,8 +92,11 @@ run_suite client-c-socket client_daemon "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY
 run_suite client-c-xenbus client_daemon "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}" --skip own_connection_
 run_suite client-ours client_daemon "$OURS" diskseq "${SELF_TESTS[@]}"
 run_suite model-c-socket model "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
-run_suite model-c-xenbus model "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
-run_suite model-ours model "$OURS" diskseq "${SELF_TESTS[@]}"
+# The model's breadth is the socket run's; over the device and against ours
+# (which every `cargo test` runs with 200 sequences) a fifth of the
+# sequences check the transport and the separate process.
+SUITE_CASES=$((CASES / 5 + 1)) run_suite model-c-xenbus model "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
+SUITE_CASES=$((CASES / 5 + 1)) run_suite model-ours model "$OURS" diskseq "${SELF_TESTS[@]}"
 
 # The guest_ tests against the C daemon, with a real PV guest's connection.
 relay_name=xs-relay
