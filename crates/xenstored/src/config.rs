@@ -6,6 +6,14 @@ use std::path::PathBuf;
 /// default); more is ENOSPC. Fixed: nothing in this project needs another.
 pub const PERMS_PER_NODE: usize = 5;
 
+/// Nodes one transaction of an unprivileged connection may use — read,
+/// listed or written (the C daemon's `transaction-nodes` quota,
+/// `quota_trans_nodes`, 1024 in Xen 4.17): the request needing one more is
+/// ENOSPC and the transaction fails (its commit is ENOMEM). It bounds what
+/// a guest's transaction copies (XSA-326). Fixed, like the permissions
+/// limit: `Quotas` is built field by field by the CLI.
+pub const TRANSACTION_NODES: usize = 1024;
+
 /// Per-domain limits for unprivileged domains (dom0 is exempt), as the C
 /// xenstored enforces them. Going over a limit yields an error reply, never
 /// a disconnect; only `outstanding` is back-pressure (see the field).

@@ -23,6 +23,9 @@ pub mod config;
 mod daemon;
 mod dispatch;
 mod domains;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod ops;
 mod server;
 mod store;

@@ -74,10 +74,18 @@ impl Node {
     }
 }
 
-/// A transaction could not commit: a node it used changed meanwhile.
+/// Why a transaction could not commit (nothing of it was applied).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conflict {
-    pub path: String,
+pub enum CommitError {
+    /// A request of the transaction went past the transaction-node quota:
+    /// the transaction can only fail (the C daemon marks it failed and
+    /// answers ENOMEM at commit).
+    Failed,
+    /// Committing would leave domain `domid` owning at least the entries
+    /// quota (ENOSPC).
+    Quota { domid: u32 },
+    /// A node the transaction used changed meanwhile (EAGAIN).
+    Conflict { path: String },
 }
 
 /// The whole database.
@@ -135,6 +143,44 @@ impl Store {
         self.owned.get(&domid).copied().unwrap_or(0)
     }
 
+    /// Checks what every change must preserve: each node but `/` and the
+    /// special nodes is listed by its parent, every listed child exists,
+    /// and the per-domain counts are the nodes' owners. For tests and the
+    /// fuzzer; O(nodes).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn check(&self) -> Result<(), String> {
+        let mut owned: HashMap<u32, usize> = HashMap::new();
+        for (path, node) in &self.nodes {
+            *owned.entry(node.perms.owner()).or_insert(0) += 1;
+            for child in &node.children {
+                let child_path = match &**path {
+                    "/" => format!("/{child}"),
+                    _ => format!("{path}/{child}"),
+                };
+                if !self.nodes.contains_key(child_path.as_str()) {
+                    return Err(format!("{path} lists {child}, which does not exist"));
+                }
+            }
+            if &**path == "/" || path.starts_with('@') {
+                continue;
+            }
+            let cut = path.rfind('/').unwrap_or(0);
+            let (parent, name) = (if cut == 0 { "/" } else { &path[..cut] }, &path[cut + 1..]);
+            match self.nodes.get(parent) {
+                Some(p) if p.children.iter().filter(|c| &***c == name).count() == 1 => {}
+                Some(_) => return Err(format!("{parent} does not list {name} exactly once")),
+                None => return Err(format!("{path} has no parent")),
+            }
+        }
+        if owned != self.owned {
+            return Err(format!(
+                "owner counts {:?}, nodes say {owned:?}",
+                self.owned
+            ));
+        }
+        Ok(())
+    }
+
     fn bump_generation(&mut self) -> u64 {
         self.next_generation += 1;
         self.next_generation
@@ -162,19 +208,36 @@ impl Store {
         }
     }
 
-    /// Applies a transaction's overlay unless a node it looked at or wrote
-    /// changed since (then nothing is applied). Returns the transaction's
-    /// watch events, to be delivered now.
-    pub fn commit(&mut self, overlay: Overlay) -> Result<Vec<Change>, Conflict> {
-        for (path, seen) in &overlay.seen {
-            if self.nodes.get(path).map(|n| n.generation) != *seen {
-                return Err(Conflict {
+    /// Applies a transaction's overlay, or nothing. The checks run in the
+    /// C daemon's order (`do_transaction_end` of Xen 4.17): a transaction
+    /// that went past its node quota fails; then every domain whose node
+    /// count the transaction changed must stay below `entries` — the
+    /// re-check that stops many transactions from each adding nodes within
+    /// the quota (XSA-326); then every node it used must be unchanged.
+    /// Returns the transaction's watch events, to be delivered now.
+    pub fn commit(&mut self, overlay: Overlay, entries: usize) -> Result<Vec<Change>, CommitError> {
+        if overlay.failed {
+            return Err(CommitError::Failed);
+        }
+        for (&domid, &delta) in &overlay.owned_delta {
+            // As `domain_entry_fix`: dom0 is never limited; the count is
+            // checked even when the transaction's net change is zero.
+            if domid != 0 && self.owned_by(domid).saturating_add_signed(delta) >= entries {
+                return Err(CommitError::Quota { domid });
+            }
+        }
+        for (path, access) in &overlay.accessed {
+            if self.nodes.get(path).map(|n| n.generation) != access.generation {
+                return Err(CommitError::Conflict {
                     path: path.to_string(),
                 });
             }
         }
-        for (path, entry) in overlay.written {
-            match entry {
+        for (path, access) in overlay.accessed {
+            if !access.modified {
+                continue;
+            }
+            match access.node {
                 Some(node) => self.insert(&path, node),
                 None => self.remove(&path),
             }
@@ -197,8 +260,9 @@ pub trait Tree {
     fn delete(&mut self, path: &str);
     /// Changes an existing node in place; does nothing if it is missing.
     fn update(&mut self, path: &str, change: impl FnOnce(&mut Node));
-    /// Nodes `domid` owns, as this view sees them.
-    fn owned_by(&self, domid: u32) -> usize;
+    /// Whether the entries quota `limit` refuses `domid` `new_nodes` more
+    /// nodes in this view.
+    fn entries_full(&self, domid: u32, new_nodes: usize, limit: usize) -> bool;
     /// Queues a watch event for this change.
     fn record(&mut self, change: Change);
 }
@@ -247,8 +311,11 @@ impl Tree for Direct<'_> {
         }
     }
 
-    fn owned_by(&self, domid: u32) -> usize {
-        self.store.owned_by(domid)
+    /// Plain requests: the domain's count after the request must not pass
+    /// the limit (the C daemon checks before each new node that the count
+    /// is below it).
+    fn entries_full(&self, domid: u32, new_nodes: usize, limit: usize) -> bool {
+        self.store.owned_by(domid) + new_nodes > limit
     }
 
     fn record(&mut self, change: Change) {
@@ -256,86 +323,156 @@ impl Tree for Direct<'_> {
     }
 }
 
-/// A transaction's private state: what it wrote, what it depended on, and
-/// the events it will fire at commit.
-#[derive(Debug, Default)]
+/// A transaction's private state: every node it used, the owner counts it
+/// changed, and the events it will fire at commit.
+#[derive(Debug)]
 pub struct Overlay {
-    /// Nodes written (`Some`) or deleted (`None`) by the transaction.
-    written: HashMap<Box<str>, Option<Node>>,
-    /// Every node the transaction looked at or wrote, with the generation it
-    /// had in the store the first time (`None`: it did not exist).
-    seen: HashMap<Box<str>, Option<u64>>,
-    /// Change in owned-node counts per domain relative to the store.
+    /// Every node the transaction looked at or changed, keyed by path.
+    accessed: HashMap<Box<str>, Accessed>,
+    /// Change in owned-node counts per domain relative to the store; a
+    /// domain stays listed once touched, even at a net change of zero.
     owned_delta: HashMap<u32, isize>,
     changes: Vec<Change>,
+    /// Most nodes the transaction may use (`None`: no limit, dom0).
+    node_limit: Option<usize>,
+    /// A request went past `node_limit`: the commit fails.
+    failed: bool,
 }
 
-/// A transaction's view: the store as seen through its overlay.
+/// One node as a transaction has it: copied at its first access, so every
+/// later read in the transaction sees the same node — what the C daemon
+/// does by writing a transaction-private copy at a read access
+/// (`access_node`), which makes reads in a transaction repeatable.
+#[derive(Debug)]
+struct Accessed {
+    /// The node's generation in the store at the first access (`None`: it
+    /// did not exist); the commit needs it unchanged.
+    generation: Option<u64>,
+    /// The transaction's copy (`None`: missing or deleted).
+    node: Option<Node>,
+    /// Written or deleted by the transaction: applied at commit.
+    modified: bool,
+}
+
+impl Overlay {
+    /// A transaction that may use at most `node_limit` nodes (the C
+    /// daemon's transaction-nodes quota, for unprivileged connections).
+    pub fn new(node_limit: Option<usize>) -> Self {
+        Overlay {
+            accessed: HashMap::new(),
+            owned_delta: HashMap::new(),
+            changes: Vec::new(),
+            node_limit,
+            failed: false,
+        }
+    }
+}
+
+/// A transaction's view: the store as the transaction has seen it.
 pub struct TxView<'a> {
     store: &'a Store,
     overlay: &'a mut Overlay,
+    /// This request went past the transaction-node quota.
+    refused: bool,
 }
 
 impl<'a> TxView<'a> {
     pub fn new(store: &'a Store, overlay: &'a mut Overlay) -> Self {
-        TxView { store, overlay }
+        TxView {
+            store,
+            overlay,
+            refused: false,
+        }
     }
 
-    fn note(&mut self, path: &str) {
-        if !self.overlay.seen.contains_key(path) {
-            let generation = self.store.get(path).map(|n| n.generation);
-            self.overlay.seen.insert(path.into(), generation);
+    /// Whether this request needed a node beyond the transaction-node
+    /// quota. Its reply must then be ENOSPC whatever the operation
+    /// returned: past the quota the view records nothing more (reads see
+    /// the live store, changes are dropped), so the result means nothing;
+    /// the transaction is failed and will commit nothing.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// The transaction's entry for `path`, copied from the store at the
+    /// first access; `None` past the node quota.
+    fn access(&mut self, path: &str) -> Option<&mut Accessed> {
+        if !self.overlay.accessed.contains_key(path) {
+            if self
+                .overlay
+                .node_limit
+                .is_some_and(|limit| self.overlay.accessed.len() >= limit)
+            {
+                self.refused = true;
+                self.overlay.failed = true;
+                return None;
+            }
+            let node = self.store.get(path);
+            self.overlay.accessed.insert(
+                path.into(),
+                Accessed {
+                    generation: node.map(|n| n.generation),
+                    node: node.cloned(),
+                    modified: false,
+                },
+            );
         }
+        self.overlay.accessed.get_mut(path)
     }
 
     fn count_owner(&mut self, domid: u32, delta: isize) {
         *self.overlay.owned_delta.entry(domid).or_insert(0) += delta;
     }
+
+    /// Replaces the transaction's copy of `path` (`None`: deleted).
+    fn replace(&mut self, path: &str, node: Option<Node>) {
+        let Some(access) = self.access(path) else {
+            return;
+        };
+        access.modified = true;
+        let old_owner = access.node.as_ref().map(|n| n.perms.owner());
+        let new_owner = node.as_ref().map(|n| n.perms.owner());
+        access.node = node;
+        if let Some(owner) = old_owner {
+            self.count_owner(owner, -1);
+        }
+        if let Some(owner) = new_owner {
+            self.count_owner(owner, 1);
+        }
+    }
 }
 
 impl Tree for TxView<'_> {
     fn node(&mut self, path: &str) -> Option<&Node> {
-        self.note(path);
+        if self.access(path).is_none() {
+            return self.store.get(path);
+        }
         self.peek(path)
     }
 
     fn peek(&self, path: &str) -> Option<&Node> {
-        match self.overlay.written.get(path) {
-            Some(entry) => entry.as_ref(),
+        match self.overlay.accessed.get(path) {
+            Some(access) => access.node.as_ref(),
             None => self.store.get(path),
         }
     }
 
     fn create(&mut self, path: &str, node: Node) {
-        self.note(path);
-        if let Some(old) = self.peek(path) {
-            let owner = old.perms.owner();
-            self.count_owner(owner, -1);
-        }
-        self.count_owner(node.perms.owner(), 1);
-        self.overlay.written.insert(path.into(), Some(node));
+        self.replace(path, Some(node));
     }
 
     fn delete(&mut self, path: &str) {
-        self.note(path);
-        if let Some(old) = self.peek(path) {
-            let owner = old.perms.owner();
-            self.count_owner(owner, -1);
-        }
-        self.overlay.written.insert(path.into(), None);
+        self.replace(path, None);
     }
 
     fn update(&mut self, path: &str, change: impl FnOnce(&mut Node)) {
-        self.note(path);
-        if !self.overlay.written.contains_key(path) {
-            let Some(node) = self.store.get(path) else {
-                return;
-            };
-            self.overlay.written.insert(path.into(), Some(node.clone()));
-        }
-        let Some(Some(node)) = self.overlay.written.get_mut(path) else {
+        let Some(access) = self.access(path) else {
             return;
         };
+        let Some(node) = access.node.as_mut() else {
+            return;
+        };
+        access.modified = true;
         let owner = node.perms.owner();
         change(node);
         let new_owner = node.perms.owner();
@@ -345,9 +482,12 @@ impl Tree for TxView<'_> {
         }
     }
 
-    fn owned_by(&self, domid: u32) -> usize {
-        let delta = self.overlay.owned_delta.get(&domid).copied().unwrap_or(0);
-        self.store.owned_by(domid).saturating_add_signed(delta)
+    /// Inside a transaction the C daemon compares the domain's count in
+    /// the store — without the transaction's own new nodes — with the
+    /// limit before each new node (`create_node`): the transaction's nodes
+    /// are counted once, at commit ([`Store::commit`]).
+    fn entries_full(&self, domid: u32, _new_nodes: usize, limit: usize) -> bool {
+        self.store.owned_by(domid) >= limit
     }
 
     fn record(&mut self, change: Change) {
@@ -381,34 +521,35 @@ mod tests {
         let before = t.node("/a").unwrap().generation;
         t.update("/a", |n| n.perms = Perms::owner_only(7));
         assert!(t.node("/a").unwrap().generation > before);
-        assert_eq!(t.owned_by(7), 1);
+        assert!(t.entries_full(7, 1, 1));
+        assert!(!t.entries_full(7, 1, 2));
         t.delete("/a");
-        assert_eq!(t.owned_by(7), 0);
+        assert_eq!(store.owned_by(7), 0);
     }
 
     #[test]
     fn transaction_is_invisible_until_commit() {
         let mut store = Store::new();
-        let mut overlay = Overlay::default();
+        let mut overlay = Overlay::new(None);
         let mut tx = TxView::new(&store, &mut overlay);
         tx.create("/a", leaf("x"));
         assert_eq!(&*tx.node("/a").unwrap().value, b"x");
         assert!(store.get("/a").is_none());
-        store.commit(overlay).unwrap();
+        store.commit(overlay, 1000).unwrap();
         assert_eq!(&*store.get("/a").unwrap().value, b"x");
     }
 
     #[test]
     fn commit_conflicts_when_a_seen_node_changed() {
         let mut store = Store::new();
-        let mut overlay = Overlay::default();
+        let mut overlay = Overlay::new(None);
         TxView::new(&store, &mut overlay).node("/tool");
         let mut changes = Vec::new();
         Direct::new(&mut store, &mut changes)
             .update("/tool", |n| n.value = b"new".as_slice().into());
         assert_eq!(
-            store.commit(overlay),
-            Err(Conflict {
+            store.commit(overlay, 1000),
+            Err(CommitError::Conflict {
                 path: "/tool".into()
             })
         );
@@ -417,11 +558,89 @@ mod tests {
     #[test]
     fn commit_conflicts_when_a_missing_node_appeared() {
         let mut store = Store::new();
-        let mut overlay = Overlay::default();
+        let mut overlay = Overlay::new(None);
         assert!(TxView::new(&store, &mut overlay).node("/x").is_none());
         let mut changes = Vec::new();
         Direct::new(&mut store, &mut changes).create("/x", leaf(""));
-        assert!(store.commit(overlay).is_err());
+        assert!(store.commit(overlay, 1000).is_err());
+    }
+
+    fn set_value(store: &mut Store, path: &str, value: &str) {
+        let mut changes = Vec::new();
+        Direct::new(store, &mut changes).update(path, |n| n.value = value.as_bytes().into());
+    }
+
+    #[test]
+    fn reads_in_a_transaction_are_repeatable() {
+        let mut store = Store::new();
+        let mut changes = Vec::new();
+        Direct::new(&mut store, &mut changes).create("/a", leaf("a"));
+        let mut overlay = Overlay::new(None);
+        let first = TxView::new(&store, &mut overlay).node("/a").cloned();
+        set_value(&mut store, "/a", "b");
+        let again = TxView::new(&store, &mut overlay).node("/a").cloned();
+        assert_eq!(first, again, "the transaction's copy, not the live node");
+        assert_eq!(&*again.unwrap().value, b"a");
+        assert!(matches!(
+            store.commit(overlay, 1000),
+            Err(CommitError::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn commit_rechecks_each_changed_domains_entries() {
+        let mut store = Store::new();
+        let guest = |v: &str| Node::new(v.as_bytes(), Perms::owner_only(5));
+        let (mut one, mut two) = (Overlay::new(None), Overlay::new(None));
+        for (overlay, name) in [(&mut one, "/x"), (&mut two, "/y")] {
+            let mut tx = TxView::new(&store, overlay);
+            for i in 0..3 {
+                tx.create(&format!("{name}{i}"), guest(""));
+            }
+        }
+        // 3 nodes stay below a quota of 4; 6 would not.
+        store.commit(one, 4).unwrap();
+        assert_eq!(store.owned_by(5), 3);
+        assert!(store.check().is_err(), "the test's nodes have no parent");
+        assert_eq!(store.commit(two, 4), Err(CommitError::Quota { domid: 5 }));
+        assert_eq!(store.owned_by(5), 3, "nothing of the refused one applied");
+        // dom0 is never limited.
+        let mut overlay = Overlay::new(None);
+        TxView::new(&store, &mut overlay).create("/z", leaf(""));
+        store.commit(overlay, 1).unwrap();
+    }
+
+    #[test]
+    fn quota_is_checked_before_generations() {
+        let mut store = Store::new();
+        let mut overlay = Overlay::new(None);
+        let mut tx = TxView::new(&store, &mut overlay);
+        tx.node("/tool");
+        tx.create("/g", Node::new(b"", Perms::owner_only(5)));
+        set_value(&mut store, "/tool", "changed");
+        assert_eq!(
+            store.commit(overlay, 1),
+            Err(CommitError::Quota { domid: 5 })
+        );
+    }
+
+    #[test]
+    fn a_transaction_past_its_node_limit_records_nothing_and_fails() {
+        let mut store = Store::new();
+        let mut overlay = Overlay::new(Some(2));
+        let mut tx = TxView::new(&store, &mut overlay);
+        tx.node("/tool");
+        tx.create("/a", leaf("a"));
+        assert!(!tx.refused());
+        tx.create("/b", leaf("b"));
+        assert!(tx.refused());
+        assert!(tx.peek("/b").is_none(), "past the limit nothing is kept");
+        // Nodes already used stay usable.
+        let mut tx = TxView::new(&store, &mut overlay);
+        assert_eq!(&*tx.node("/a").unwrap().value, b"a");
+        assert!(!tx.refused());
+        assert_eq!(store.commit(overlay, 1000), Err(CommitError::Failed));
+        assert!(store.get("/a").is_none());
     }
 
     #[test]

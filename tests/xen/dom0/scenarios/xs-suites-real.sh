@@ -3,7 +3,7 @@
 # sequences (crates/xenstored/tests/model.rs) — run as the built test
 # binaries against the real C xenstored of this dom0 (over its socket and
 # over /dev/xen/xenbus) and against ours started here
-# on its own socket. The client suite's guest_ tests run against the C
+# on its own socket. Both suites' guest_ tests run against the C
 # daemon with a real PV guest's connection: the guest runs the suite binary
 # as a relay agent on its own /dev/xen/xenbus (tests/xen/guest/relay-init),
 # and the suite in dom0 reaches it as XENSTORE_TEST_GUESTS=<domid>=relay.
@@ -18,7 +18,9 @@ source /xentest/lib.sh
 CASES=${1:-100}
 # Bound on one suite binary's run, so that a hang is reported with its
 # evidence inside the scenario's budget.
-SUITE_TIMEOUT=90
+SUITE_TIMEOUT=150
+# A failing model sequence is shrunk at most this many steps, so that its
+# report (the step and the transaction's state) arrives within that bound.
 BIN=/xentest/bin
 REAL=/run/xenstored/socket
 XENBUS=/dev/xen/xenbus
@@ -45,7 +47,7 @@ diskseq xenstored --socket "$OURS" --domain-socket "$OURS_GUEST=$OURS_DIR/guest"
     --pid-file "$OURS_DIR/pid" >"$XT_STATE/xs-suites-ours.log" 2>&1 &
 xt_check "our xenstored accepts connections" wait_for 10 test -S "$OURS"
 
-# [GUESTS=<domid>=<endpoint>] [THREADS=<n>] run_suite <label> <binary> <endpoint> <kind> [test filter arguments...]
+# [GUESTS=<domid>=<endpoint>] [THREADS=<n>] [SUITE_CASES=<n>] run_suite <label> <binary> <endpoint> <kind> [test filter arguments...]
 # Runs the selected tests of one suite binary against one daemon; the check
 # passes only when every selected test ran and passed. Our daemon's guest
 # is its simulated guest socket unless GUESTS says otherwise.
@@ -58,7 +60,7 @@ run_suite() {
     listed=$("$bin" --list "$@" 2>/dev/null | grep -c ': test$')
     start=$(ms_now)
     XENSTORE_TEST_DAEMON=$endpoint XENSTORE_TEST_DAEMON_KIND=$kind XENSTORE_TEST_GUESTS=$guests \
-        PROPTEST_CASES=$CASES RUST_BACKTRACE=0 timeout "$SUITE_TIMEOUT" "$bin" --test-threads="${THREADS:-2}" "$@" \
+        PROPTEST_CASES=${SUITE_CASES:-$CASES} PROPTEST_MAX_SHRINK_ITERS=${XS_SHRINK_ITERS:-32} RUST_BACKTRACE=0 timeout "$SUITE_TIMEOUT" "$bin" --test-threads="${THREADS:-2}" "$@" \
         >"$XT_STATE/$label.out" 2>&1
     rc=$?
     secs=$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')
@@ -89,9 +91,12 @@ run_suite client-c-socket client_daemon "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY
 # the dom0 kernel's, with blkback's watches on it.
 run_suite client-c-xenbus client_daemon "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}" --skip own_connection_
 run_suite client-ours client_daemon "$OURS" diskseq "${SELF_TESTS[@]}"
-run_suite model-c-socket model "$REAL" xen "${SELF_TESTS[@]}"
-run_suite model-c-xenbus model "$XENBUS" xen "${SELF_TESTS[@]}"
-run_suite model-ours model "$OURS" diskseq "${SELF_TESTS[@]}"
+run_suite model-c-socket model "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
+# The model's breadth is the socket run's; over the device and against ours
+# (which every `cargo test` runs with 200 sequences) a fifth of the
+# sequences check the transport and the separate process.
+SUITE_CASES=$((CASES / 5 + 1)) run_suite model-c-xenbus model "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
+SUITE_CASES=$((CASES / 5 + 1)) run_suite model-ours model "$OURS" diskseq "${SELF_TESTS[@]}"
 
 # The guest_ tests against the C daemon, with a real PV guest's connection.
 relay_name=xs-relay
@@ -118,6 +123,9 @@ if wait_for 150 xenstore-exists "$ready"; then
     xt_figure relay_guest_ready_seconds "$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')"
     # One test at a time: relayed connections take turns anyway.
     GUESTS="$domid=relay" THREADS=1 run_suite client-c-guest client_daemon "$REAL" xen "${SELF_TESTS[@]}" guest_
+    # The daemon's guest_ tests: the quota re-check at commit and the
+    # transaction-nodes quota (XSA-326), through the same relay.
+    GUESTS="$domid=relay" THREADS=1 run_suite model-c-guest model "$REAL" xen "${SELF_TESTS[@]}" guest_
 else
     xt_fail_check "the relay agent in guest ${domid:-?} never wrote $ready"
 fi
