@@ -76,7 +76,6 @@ kcase right served "$hex"
 kcase absent served
 kcase wrong "19 creating vbd structure" "$(printf '%x' $((seq + 1)))"
 kcase upper "22 invalid diskseq" ABC
-kcase empty "22 diskseq must not be empty" ""
 # Every other malformed form: kernel-differential (by hand, no frontend).
 xt_evidence_cmd "dom0 kernel" bash -c "dmesg --notime | grep -i 'xen_vbd_create\|blkback' | tail -5"
 xt_figure patched_served "$served"

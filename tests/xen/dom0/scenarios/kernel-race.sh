@@ -99,6 +99,8 @@ blkback_unload() {
 LBE=/local/domain/0/backend/vbd/5/$DEVID
 LFE=/local/domain/5/device/vbd/$DEVID
 LERR=/local/domain/0/error/backend/vbd/5/$DEVID/error
+xenstore-rm "$LBE" 2>/dev/null
+xenstore-rm "$LFE" 2>/dev/null
 blkback_unload
 xenstore-write "$LFE/backend" "$LBE" "$LFE/backend-id" 0 "$LFE/state" 1 \
     "$LFE/virtual-device" "$DEVID" "$LFE/device-type" disk \
