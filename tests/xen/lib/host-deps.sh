@@ -12,6 +12,15 @@ command -v depmod >/dev/null 2>&1 || need+=(kmod)
 # The guest's initramfs needs a busybox that runs without libraries.
 dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
+# Building the patched xen-blkback (kernel/build.sh; it installs the kernel
+# headers, which bring the compiler): patch, make, xz for the source
+# tarball, perl for checkpatch, strings for the vermagic check.
+command -v patch >/dev/null 2>&1 || need+=(patch)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+# (perl-base alone provides /usr/bin/perl but not checkpatch's modules.)
+dpkg-query -W -f '${Status}' perl 2>/dev/null | grep -q 'ok installed' || need+=(perl)
+command -v strings >/dev/null 2>&1 || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing host packages: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -79,8 +79,10 @@ pub fn open_disk(
 /// name cannot hand us another device number.
 fn open_by_number(dev: DevNum, access: Access) -> Result<BlockDevice, Fatal> {
     let name = sysfs::devname(dev).map_err(|e| {
+        // No such device: blkback's open by number fails, and
+        // xen_vbd_create() reports ENOENT (real-xen.md, kernel-differential).
         let errno = if e.kind() == std::io::ErrorKind::NotFound {
-            Errno::NODEV
+            Errno::NOENT
         } else {
             Errno::from_io_error(&e).unwrap_or(Errno::IO)
         };
@@ -118,12 +120,14 @@ fn facts_of(disk: &BlockDevice) -> DiskFacts {
 }
 
 /// The error node for an identity-library error: ENODEV for "not the
-/// instance" (the patch's choice), the system call's errno otherwise.
+/// instance" (the patch's choice), ENOENT for a device number nothing
+/// answers to (blkback's `xen_vbd_create()` when its open by number fails),
+/// the system call's errno otherwise.
 fn fatal(e: Error) -> Fatal {
     let errno = match &e {
+        Error::NoSuchDevice { .. } => Errno::NOENT,
         Error::Stale { .. }
         | Error::NoSuchDiskSeq { .. }
-        | Error::NoSuchDevice { .. }
         | Error::NoSuchPartition { .. }
         | Error::WrongBacking { .. } => Errno::NODEV,
         Error::Io { source, .. } => Errno::from_io_error(source).unwrap_or(Errno::IO),

@@ -1,7 +1,8 @@
 //! What the backend does with the `diskseq` node.
 //!
-//! The rules for the value are the kernel patch's (blkback, patch 13/16 of
-//! the 2023 series), implemented once in [`diskseq::DiskSeq::parse_xenstore`];
+//! The rules for the value are our kernel patch's (kernel/patches, after
+//! patch 13/16 of the 2023 series, but lower case only), implemented in
+//! [`diskseq::DiskSeq::parse_xenstore`] plus the case check here;
 //! this module only decides what a missing or malformed node means for the
 //! device and which errno the error node carries.
 
@@ -44,7 +45,17 @@ pub fn expected_diskseq(
         };
     };
     let parsed = match std::str::from_utf8(raw) {
-        Ok(text) => DiskSeq::parse_xenstore(text),
+        // The patched blkback (kernel/patches) takes lower case only: the
+        // form scripts write. Upper-case digits pass the shared parser's
+        // earlier checks (length, leading zero) as they do the kernel's, so
+        // refusing them after it keeps the kernel's order of errors.
+        Ok(text) => DiskSeq::parse_xenstore(text).and_then(|seq| {
+            if text.bytes().any(|b| b.is_ascii_uppercase()) {
+                Err(DiskSeqParseError::Invalid)
+            } else {
+                Ok(seq)
+            }
+        }),
         Err(_) if raw.is_empty() => Err(DiskSeqParseError::Empty),
         Err(_) => Err(DiskSeqParseError::Invalid),
     };
@@ -73,9 +84,14 @@ mod tests {
         let table: &[(&[u8], Want)] = &[
             (b"1", Seq(1)),
             (b"2a", Seq(0x2a)),
-            (b"2A", Seq(0x2a)),
+            (b"2A", Refused(Errno::INVAL, "invalid diskseq")),
             (b"ffffffffffffffff", Seq(u64::MAX)),
-            (b"FFFFFFFFFFFFFFFF", Seq(u64::MAX)),
+            (b"FFFFFFFFFFFFFFFF", Refused(Errno::INVAL, "invalid diskseq")),
+            (b"0A", Refused(Errno::RANGE, "diskseq must not start with 0")),
+            (
+                b"1000000000000000A",
+                Refused(Errno::RANGE, "diskseq too long"),
+            ),
             (b"123456789abcdef0", Seq(0x1234_5678_9abc_def0)),
             (b"", Refused(Errno::INVAL, "diskseq must not be empty")),
             (
