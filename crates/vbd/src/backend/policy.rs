@@ -86,8 +86,14 @@ mod tests {
             (b"2a", Seq(0x2a)),
             (b"2A", Refused(Errno::INVAL, "invalid diskseq")),
             (b"ffffffffffffffff", Seq(u64::MAX)),
-            (b"FFFFFFFFFFFFFFFF", Refused(Errno::INVAL, "invalid diskseq")),
-            (b"0A", Refused(Errno::RANGE, "diskseq must not start with 0")),
+            (
+                b"FFFFFFFFFFFFFFFF",
+                Refused(Errno::INVAL, "invalid diskseq"),
+            ),
+            (
+                b"0A",
+                Refused(Errno::RANGE, "diskseq must not start with 0"),
+            ),
             (
                 b"1000000000000000A",
                 Refused(Errno::RANGE, "diskseq too long"),

@@ -17,17 +17,17 @@
 //! and the inode are what tell our binding from a later one.
 //!
 //! No record (an `add` killed before it published, or a second `remove`):
-//! every loop device labelled for this backend is detached, each verified
-//! the same way.
+//! every loop device labelled for this backend and bound to the file
+//! `params` names is detached, each verified the same way.
 
-use diskseq::{DiskId, LoopLabel};
+use diskseq::{DiskId, FileId, LoopLabel};
 use xenstore::client::Client;
 
 use super::config::Config;
 use super::error::HotplugError;
 use super::fault;
 use super::log::Log;
-use crate::schema::{BackendPath, PublishedDevice};
+use crate::schema::{self, node, BackendPath, PublishedDevice};
 
 /// What a successful `remove` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +59,13 @@ pub fn remove(
     let withdrawn = withdraw(client, backend)?;
     fault::point("after-withdraw");
     let label = backend.loop_label();
-    let record = match withdrawn {
+    let params_file = withdrawn
+        .params
+        .as_deref()
+        .and_then(|raw| schema::absolute_path(node::PARAMS, raw).ok())
+        .and_then(|path| file_id(&path));
+    let sweep = |log: &mut Log| sweep(backend, &label, params_file, log);
+    let record = match withdrawn.record {
         None => None,
         Some(values) => match PublishedDevice::from_values(&values) {
             Ok(record) => record,
@@ -73,7 +79,7 @@ pub fn remove(
         },
     };
     let Some(record) = record else {
-        let swept = sweep(backend, &label, log)?;
+        let swept = sweep(log)?;
         return Ok(RemoveOutcome::NoRecord { swept });
     };
     log.line("remove: withdrew the record");
@@ -86,7 +92,7 @@ pub fn remove(
             return Ok(RemoveOutcome::UserDevice);
         }
         log.line("remove: the record has no diskseq; looking for the device by its label");
-        sweep(backend, &label, log)?;
+        sweep(log)?;
         return Ok(RemoveOutcome::AlreadyGone);
     };
     let id = DiskId {
@@ -114,40 +120,73 @@ pub fn remove(
     }
 }
 
-/// Reads the record and deletes its nodes, in one transaction; the values
-/// read, or `None` when there is no `physical-device`.
-fn withdraw(
-    client: &mut Client,
-    backend: &BackendPath,
-) -> Result<Option<Vec<Option<Vec<u8>>>>, HotplugError> {
+/// What [`withdraw`] read.
+struct Withdrawn {
+    /// The record's nodes ([`PublishedDevice::NODES`]), if there was a
+    /// `physical-device` (then deleted).
+    record: Option<Vec<Option<Vec<u8>>>>,
+    /// `params`, read in the same batch (for the sweep).
+    params: Option<Vec<u8>>,
+}
+
+/// Reads the record (and `params`) and deletes the record's nodes, in one
+/// transaction.
+fn withdraw(client: &mut Client, backend: &BackendPath) -> Result<Withdrawn, HotplugError> {
     let paths: Vec<String> = PublishedDevice::NODES
         .iter()
+        .chain([&node::PARAMS])
         .map(|n| backend.node(n))
         .collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let record_refs = &refs[..PublishedDevice::NODES.len()];
     let withdrawn = client.transaction(|tx| -> Result<_, HotplugError> {
-        let values = tx.read_many(&refs)?;
+        let mut values = tx.read_many(&refs)?;
+        let params = values.pop().flatten();
         if values[0].is_none() {
-            return Ok(None);
+            return Ok(Withdrawn {
+                record: None,
+                params,
+            });
         }
-        let present: Vec<&str> = refs
+        let present: Vec<&str> = record_refs
             .iter()
             .zip(&values)
             .filter(|(_, value)| value.is_some())
             .map(|(path, _)| *path)
             .collect();
         tx.rm_many(&present)?;
-        Ok(Some(values))
+        Ok(Withdrawn {
+            record: Some(values),
+            params,
+        })
     })?;
     Ok(withdrawn)
 }
 
-/// Detaches every loop device labelled for `backend`, each verified on its
-/// fd (number, diskseq, backing file and label as listed). Returns how many.
-fn sweep(backend: &BackendPath, label: &LoopLabel, log: &mut Log) -> Result<usize, HotplugError> {
+/// Detaches every loop device labelled for `backend` — and bound to the
+/// file `params` names now, when it names one: a label is unique per
+/// backend on a host, but a device of the same backend path made for
+/// another file (a toolstack that rewrote `params`, or a second xenstore
+/// on the host, as in tests) is left to `diskseq loop gc`. Each is verified
+/// on its fd (number, diskseq, backing file and label as listed). Returns
+/// how many.
+fn sweep(
+    backend: &BackendPath,
+    label: &LoopLabel,
+    params_file: Option<FileId>,
+    log: &mut Log,
+) -> Result<usize, HotplugError> {
     let mut swept = 0;
     for info in diskseq::list_loops()? {
         if info.label.as_ref() != Some(label) {
+            continue;
+        }
+        if params_file.is_some_and(|file| file != info.backing) {
+            log.line(format_args!(
+                "remove: {} ({}) is labelled for {backend} but bound to another file than params; left for diskseq loop gc",
+                info.path.display(),
+                info.id
+            ));
             continue;
         }
         match diskseq::detach_labeled(&info.id, Some(info.backing), label) {
@@ -184,4 +223,16 @@ fn is_not_ours(error: &diskseq::Error) -> bool {
         ),
         _ => false,
     }
+}
+
+/// The identity of the file `path` names now, if any (`O_PATH`: opens
+/// nothing).
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    FileId::of(&fd).ok()
 }
