@@ -26,9 +26,11 @@ pub struct Quotas {
     pub entry_size: usize,
     /// Watches per domain (`-W`): E2BIG.
     pub watches: usize,
-    /// Open transactions per connection (`-t`): ENOSPC once a connection
-    /// already has more than this many open — so one more than the quota
-    /// succeeds, as with the C daemon.
+    /// Open transactions of a guest (`-t`): ENOSPC once it already has
+    /// more than this many open — so one more than the quota succeeds, as
+    /// with the C daemon. The C daemon counts per connection and a real
+    /// guest has one; ours counts all connections of a guest's socket
+    /// together, so more connections do not mean more transactions.
     pub transactions: usize,
     /// Replies a connection may have queued unread before the daemon stops
     /// reading its requests (`-Q outstanding`). A guest that never reads
