@@ -75,8 +75,10 @@ compare() {
     shift 2
     # The two backends serve different domains: drive both at once.
     kernel_run "$@" >"$XT_STATE/diff-kernel" &
+    local kernel_pid=$!
     model_run "$@" >"$XT_STATE/diff-model"
-    wait
+    # Only this job: the model's daemon runs in the background too.
+    wait "$kernel_pid"
     k=$(cat "$XT_STATE/diff-kernel")
     m=$(cat "$XT_STATE/diff-model")
     if [ "$want" = ok ]; then
