@@ -132,7 +132,7 @@ xt_cleanup() {
     if grep -q O /sys/module/xen_blkback/taint 2>/dev/null; then
         # Their hand-made backends (made-up frontend domains) hold it too.
         for dom in $(xenstore-list /local/domain/0/backend/vbd 2>/dev/null); do
-            [ "$dom" = 0 ] || xenstore-rm "/local/domain/0/backend/vbd/$dom"
+            [ "$dom" = 0 ] || xenstore-rm "/local/domain/0/backend/vbd/$dom" "/local/domain/0/error/backend/vbd/$dom"
         done
         wait_for 30 bash -c '! ls /sys/bus/xen-backend/devices | grep -q "^vbd-"'
         rmmod xen_blkback && modprobe xen-blkback

@@ -9,14 +9,7 @@
 #    number (refused: its sequence number differs). Never the adversary's.
 #    On a live host blkback opens within milliseconds of the publish, so
 #    the victim is what it finds: this part counts, it cannot force a loss.
-# 2. The backend comes late, deterministic: blkback is not loaded when
-#    block-diskseq runs (a driver domain restarting), so the script
-#    publishes, finds nothing to hand off to, leaves its loop device bound
-#    and exits; the adversary detaches it and binds its own image to the
-#    minor; then the patched blkback is loaded, probes the waiting backend
-#    and reads the record: refused. block-diskseq's remove then leaves the
-#    adversary's device alone.
-# 3. Stale record, deterministic: a naive script publishes the number and
+# 2. Stale record, deterministic: a naive script publishes the number and
 #    the diskseq of a loop device that was freed and rebound to the
 #    adversary's image before blkback reads the record (a toolstack that
 #    wrote its numbers long ago). Refused on the patched module; stock
@@ -89,54 +82,7 @@ xt_expect_eq "killed script: every attempt served the victim or was refused with
     "$((right + refused))" "$attempts"
 xt_check "no loop device left for the victim" wait_for 10 no_loops_of "$victim"
 
-# 2. The backend comes late. Toolstack nodes as libxl writes them, for a
-#    frontend domain 5 that never connects, while no blkback is loaded.
-blkback_unload() {
-    xt_check "no vbd exists before unloading blkback" wait_for "$XT_WAIT" no_vbd
-    rmmod xen_blkback
-    xt_expect_eq "no xen-blkback loaded" "$(blkback_loaded)" none
-}
-LBE=/local/domain/0/backend/vbd/5/$DEVID
-LFE=/local/domain/5/device/vbd/$DEVID
-LERR=/local/domain/0/error/backend/vbd/5/$DEVID/error
-xenstore-rm "$LBE" 2>/dev/null
-xenstore-rm "$LFE" 2>/dev/null
-blkback_unload
-xenstore-write "$LFE/backend" "$LBE" "$LFE/backend-id" 0 "$LFE/state" 1 \
-    "$LFE/virtual-device" "$DEVID" "$LFE/device-type" disk \
-    "$LBE/frontend" "$LFE" "$LBE/frontend-id" 5 \
-    "$LBE/online" 1 "$LBE/removable" 0 "$LBE/bootable" 1 "$LBE/state" 1 \
-    "$LBE/dev" xvdb "$LBE/type" phy "$LBE/mode" r "$LBE/device-type" disk \
-    "$LBE/params" "$victim" "$LBE/specification" xen
-XENBUS_PATH=backend/vbd/5/$DEVID XENBUS_TYPE=vbd XENBUS_BASE_PATH=backend script=$DISKSEQ_SCRIPT \
-    "$DISKSEQ_SCRIPT" add >"$XT_STATE/late-add.out" 2>&1
-xt_expect_eq "[late backend] block-diskseq add succeeds without a backend" "$?" 0
-xt_evidence_cmd "[late backend] block-diskseq add" cat "$XT_STATE/late-add.out"
-lpdev=$(xs_read "$LBE/physical-device")
-lloop=/dev/loop$((16#${lpdev#*:}))
-xt_evidence "[late backend] record: physical-device $lpdev diskseq $(xs_read "$LBE/diskseq"); $lloop is $(losetup -n -O BACK-FILE "$lloop")"
-losetup -d "$lloop" && losetup -r "$lloop" "$evil"
-xt_expect_eq "[late backend] the adversary holds the published minor" \
-    "$(losetup -n -O BACK-FILE "$lloop" 2>/dev/null)" "$evil"
-insmod "$PATCHED_KO"
-xt_expect_eq "xen-blkback variant loaded" "$(blkback_loaded)" patched
-xt_check "[late backend] blkback refused the record (Closing)" wait_for "$XT_WAIT" xs_equals "$LBE/state" 5
-xt_evidence "[late backend] error node '$(xs_read "$LERR")', opened '$(xs_read "$LBE/opened")'"
-xt_check "[late backend] refused with ENODEV" bash -c "[[ \"\$(xenstore-read $LERR)\" == '19 creating vbd structure'* ]]"
-xt_expect_eq "[late backend] opened stays 0" "$(xs_read "$LBE/opened")" 0
-xt_check "[late backend] blkback holds nothing" test ! -e "/sys/bus/xen-backend/devices/vbd-5-$DEVID/physical_device"
-XENBUS_PATH=backend/vbd/5/$DEVID XENBUS_TYPE=vbd XENBUS_BASE_PATH=backend script=$DISKSEQ_SCRIPT \
-    "$DISKSEQ_SCRIPT" remove >"$XT_STATE/late-remove.out" 2>&1
-xt_evidence_cmd "[late backend] block-diskseq remove" cat "$XT_STATE/late-remove.out"
-xt_expect_eq "[late backend] remove left the adversary's device bound" \
-    "$(losetup -n -O BACK-FILE "$lloop" 2>/dev/null)" "$evil"
-xenstore-rm "$LBE" 2>/dev/null
-xenstore-rm "$LFE" 2>/dev/null
-xenstore-rm "/local/domain/0/error/backend/vbd/5" 2>/dev/null
-wait_for "$XT_WAIT" no_vbd
-losetup -d "$lloop"
-
-# 3. The stale record: victim bound, numbers noted, freed, evil on the minor.
+# 2. The stale record: victim bound, numbers noted, freed, evil on the minor.
 stale_record() {
     local loop pdev seq
     loop=$(losetup -f --show -r "$victim") || return 1
