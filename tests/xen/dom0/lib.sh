@@ -100,6 +100,58 @@ read_tag() {
 loops_of() { losetup -n -O NAME -j "$1" 2>/dev/null; }
 no_loops_of() { [ -z "$(loops_of "$1")" ]; }
 
+# make_script_wrapper <real script> <wrapper path>: writes a hotplug script
+# that runs <real script> as its child and appends one line per run to
+# $XT_STATE/script-runs: "<command> <XENBUS_PATH> <start> <end> <status>"
+# (times in seconds with microseconds, from bash's $EPOCHREALTIME: no fork,
+# so the interval is the real script's fork, exec and run, nothing of the
+# wrapper's own start). With a delay in $XT_STATE/kill-delay (microseconds),
+# an `add` is SIGKILLed that long after the wrapper's clock started (status
+# 137): the kill-race scenario. The killer is forked before the script, so
+# its own start overlaps the script's (on a loaded TCG host either takes
+# seconds), naps with `read -t` on a fifo for what is left of the delay (no
+# exec of sleep), then kills the pid the wrapper left in a file. libxl sees
+# the wrapper's status as the script's.
+make_script_wrapper() {
+    [ -p "$XT_STATE/wrapper-nap" ] || mkfifo "$XT_STATE/wrapper-nap"
+    cat >"$2" <<WRAPPER
+#!/bin/bash
+start=\$EPOCHREALTIME
+pidfile=$XT_STATE/wrapper-child.\$\$
+: >"\$pidfile"
+killer= delay=
+read -r delay 2>/dev/null <"$XT_STATE/kill-delay"
+if [ "\$1" = add ] && [ -n "\$delay" ]; then
+    # Detached from libxl's descriptors: libxl must not wait for the killer.
+    (
+        s=\${start/./} now=\${EPOCHREALTIME/./}
+        left=\$((10#\$s + delay - 10#\$now))
+        if [ "\$left" -gt 0 ]; then
+            printf -v nap '%d.%06d' \$((left / 1000000)) \$((left % 1000000))
+            read -r -t "\$nap" _ <>"$XT_STATE/wrapper-nap"
+        fi
+        pid=
+        until [ -n "\$pid" ]; do
+            read -r pid <"\$pidfile" || read -r -t 0.01 _ <>"$XT_STATE/wrapper-nap"
+        done
+        kill -KILL "\$pid"
+    ) </dev/null >/dev/null 2>&1 &
+    killer=\$!
+fi
+"$1" "\$@" &
+child=\$!
+echo "\$child" >"\$pidfile"
+wait "\$child"
+rc=\$?
+end=\$EPOCHREALTIME
+[ -n "\$killer" ] && kill "\$killer" 2>/dev/null
+rm -f "\$pidfile"
+echo "\$1 \${XENBUS_PATH:-} \$start \$end \$rc" >>"$XT_STATE/script-runs"
+exit \$rc
+WRAPPER
+    chmod 0755 "$2"
+}
+
 dump_backend() {
     xt_evidence_cmd "xenstore" xenstore-ls -f "$1"
 }

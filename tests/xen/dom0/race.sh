@@ -6,8 +6,12 @@
 # attached to dom0 again and again through the script under test, and dom0
 # reads what blkback actually serves. A script that publishes a device number
 # and lets go (the naive one, like Xen's stock script) can hand blkback the
-# evil image; block-diskseq holds its fd (which pins the binding) until
-# blkback's sysfs shows it opened that very device.
+# evil image. So can block-diskseq on stock blkback since issue 10: its loop
+# device is persistent and nothing holds it open until blkback does, so an
+# adversary with root that detaches devices it does not own wins the window
+# between the publish and blkback's open. Only a backend that checks diskseq
+# (the patched blkback) refuses the rebound minor. Against a kill rather than
+# an active detacher, see kill-race.
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # variables here are used by the files that source this one
 # shellcheck source=lib.sh
