@@ -212,7 +212,10 @@ wait_for 10 grep -qx running "$ACK"
 xl block-attach 0 "format=raw, vdev=$vdev, access=r, script=$WRAPPER, target=$VICTIM" >"$XT_STATE/kill.out" 2>&1
 xt_check "calibration: an add that is not killed attaches the victim" wait_for "$XT_WAIT" xs_equals "$be/state" 4
 run=$(grep "^add .*/$devid " "$XT_STATE/script-runs" | tail -1)
-published_at=$(grep -m1 'add: published physical-device' "$HOTPLUG_LOG" | awk '{ print $3 }')
+# The log stamps lines in RFC 3339 (UTC); the wrapper's clock is epoch
+# seconds: convert with GNU date.
+published_stamp=$(grep -m1 'add: published physical-device' "$HOTPLUG_LOG" | awk '{ print $3 }')
+published_at=$(date -u -d "$published_stamp" +%s.%6N 2>/dev/null || true)
 xt_evidence_cmd "calibration: hotplug log" cat "$HOTPLUG_LOG"
 read -r pub_ms total_ms < <(awk -v l="$run" -v p="${published_at:-0}" \
     'BEGIN { split(l, f, " "); printf "%d %d\n", (p - f[3]) * 1000, (f[4] - f[3]) * 1000 }')
@@ -223,7 +226,7 @@ adversary_pause
 for dev in $(loops_of "$EVIL") $(loops_of "$VICTIM"); do losetup -d "$dev" 2>/dev/null; done
 adversary_resume
 if [ "$pub_ms" -le 0 ] || [ "$pub_ms" -gt "$total_ms" ]; then
-    xt_fail_check "calibration: no publish time in the hotplug log (got '$published_at')"
+    xt_fail_check "calibration: no publish time in the hotplug log (got '$published_stamp')"
     pub_ms=$((total_ms * 3 / 4))
 fi
 # Kill instants over [publish/2, publish + 150 ms] (the run-to-run spread
