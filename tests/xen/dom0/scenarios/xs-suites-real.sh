@@ -115,11 +115,23 @@ vcpus = 1
 on_poweroff = "destroy"
 on_crash = "destroy"
 EOF
-start=$(ms_now)
-xt_check "xl create of the relay guest" xl create "$XT_STATE/relay-guest.cfg"
-domid=$(xl domid "$relay_name" 2>/dev/null)
-ready=/local/domain/${domid:-none}/data/xs-relay/ready
-if wait_for 150 xenstore-exists "$ready"; then
+# A second boot of the guest if its agent never gets ready: under TCG a
+# guest's user space now and then dies of heap corruption before the agent
+# starts (seen as "malloc(): corrupted top size" on its console, the
+# platform fault of docs/real-xen.md); the first console is kept as
+# evidence and the retry counted.
+for try in 1 2; do
+    start=$(ms_now)
+    xt_check "xl create of the relay guest (boot $try)" xl create "$XT_STATE/relay-guest.cfg"
+    domid=$(xl domid "$relay_name" 2>/dev/null)
+    ready=/local/domain/${domid:-none}/data/xs-relay/ready
+    wait_for 150 xenstore-exists "$ready" && break
+    xt_evidence_cmd "relay guest console, boot $try (agent never ready)" \
+        tail -n 15 "/var/log/xen/console/guest-$relay_name.log"
+    xt_figure relay_guest_failed_boots "$try"
+    xl destroy "$relay_name" 2>/dev/null
+done
+if xenstore-exists "$ready" 2>/dev/null; then
     xt_figure relay_guest_ready_seconds "$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')"
     # One test at a time: relayed connections take turns anyway.
     GUESTS="$domid=relay" THREADS=1 run_suite client-c-guest client_daemon "$REAL" xen "${SELF_TESTS[@]}" guest_
