@@ -428,13 +428,18 @@ pub fn assert_device_gone(log: &str) {
 /// The record `add` published for `backend` (panics if there is none).
 #[track_caller]
 pub fn record(bed: &Bed, backend: &BackendPath) -> vbd::schema::PublishedDevice {
+    record_opt(bed, backend).expect("a published record")
+}
+
+/// The record of `backend`, if one is published (panics on a malformed
+/// one: no run of the script, killed or not, leaves one).
+#[track_caller]
+pub fn record_opt(bed: &Bed, backend: &BackendPath) -> Option<vbd::schema::PublishedDevice> {
     let values: Vec<Option<Vec<u8>>> = vbd::schema::PublishedDevice::NODES
         .iter()
         .map(|name| bed.read(backend, name).map(String::into_bytes))
         .collect();
-    vbd::schema::PublishedDevice::from_values(&values)
-        .expect("a well-formed record")
-        .expect("a published record")
+    vbd::schema::PublishedDevice::from_values(&values).expect("a well-formed record")
 }
 
 /// Waits (bounded) until no loop device is bound to `image`: an autoclear
