@@ -1,6 +1,6 @@
 //! `diskseq backend`, `diskseq attach`, `diskseq detach`: the backend model
 //! in the foreground, and libxl's attach/detach of a disk. The work is in
-//! `vbd::backend` and `vbd::toolstack`; this module parses and prints.
+//! `xen_sim::backend` and `xen_sim::toolstack`; this module parses and prints.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use clap::Args;
-use vbd::backend::{Backend, BackendConfig, DiskseqPolicy, OpenMethod};
 use vbd::schema::Mode;
-use vbd::toolstack::{DeviceType, DiskSpec, Toolstack, ToolstackError, Vdev};
+use xen_sim::backend::{Backend, BackendConfig, DiskseqPolicy, OpenMethod};
+use xen_sim::toolstack::{DetachReport, DeviceType, DiskSpec, Toolstack, ToolstackError, Vdev};
 use xenstore::Client;
 
 use crate::exit::{CmdResult, Failure};
@@ -108,7 +108,7 @@ pub struct AttachArgs {
 pub fn attach(args: AttachArgs) -> CmdResult {
     let script = match args.script {
         Some(script) => script,
-        None => vbd::toolstack::script::default_script()
+        None => xen_sim::toolstack::script::default_script()
             .map_err(|e| Failure::Error(format!("locating block-diskseq: {e}")))?,
     };
     let spec = DiskSpec {
@@ -210,22 +210,31 @@ pub fn detach(args: DetachArgs) -> CmdResult {
         println!("{}: no backend; removed the frontend only", report.backend);
     } else {
         println!(
-            "detached domain {} {}: {}{}",
+            "detached domain {} {}: {}",
             args.disk.domain,
             args.disk.vdev,
-            if report.closed {
-                "backend Closed"
-            } else {
-                "backend did not close in time; removed anyway"
-            },
-            report
-                .script
-                .as_ref()
-                .map(|s| format!(", script remove: {}", s.describe()))
-                .unwrap_or_default()
+            describe_detach(&report)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a detach went, in words: `backend Closed, script remove: exit status 0`
+/// (`diskseq detach` and the demo's step 6 both say it so).
+pub fn describe_detach(report: &DetachReport) -> String {
+    format!(
+        "{}{}",
+        if report.closed {
+            "backend Closed"
+        } else {
+            "backend did not close in time; removed anyway"
+        },
+        report
+            .script
+            .as_ref()
+            .map(|s| format!(", script remove: {}", s.describe()))
+            .unwrap_or_default()
+    )
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), Failure> {

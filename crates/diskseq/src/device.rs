@@ -303,6 +303,23 @@ fn udev_links() -> bool {
     *HAS_DEV_BLOCK.get_or_init(|| Path::new("/dev/block").is_dir())
 }
 
+/// Opens device number `dev`, whatever instance it is now, and proves on
+/// the fd that it has that number ([`Error::WrongNumber`] when every name
+/// found leads elsewhere; [`Error::NoSuchDevice`] when the kernel has no
+/// device `dev`). This is blkback's open by number: a record without a
+/// diskseq can promise nothing more. With a diskseq, use [`open_verified`].
+pub fn open_by_number(dev: DevNum, access: Access) -> Result<BlockDevice> {
+    let device = open_by_kernel_name(dev, access)?;
+    if device.dev() != dev {
+        return Err(Error::WrongNumber {
+            path: device.path,
+            expected: dev,
+            found: device.id.dev(),
+        });
+    }
+    Ok(device)
+}
+
 /// Opens `/dev/<kernel name of dev>`: where this process last found `dev`,
 /// else the sysfs link's name, else the uevent's `DEVNAME`. Each is only a
 /// hint; the caller proves the result on the fd.

@@ -84,6 +84,18 @@ pub enum Error {
         dev: DevNum,
     },
 
+    /// The device node found for a number is another device (a stale name
+    /// in `/dev`, or a renamed device): the fd disproves the name.
+    #[error("{path} is device {found}, not {expected}")]
+    WrongNumber {
+        /// The device node opened.
+        path: PathBuf,
+        /// The number asked for.
+        expected: DevNum,
+        /// The number the fd has.
+        found: DevNum,
+    },
+
     /// The disk exists but has no partition with that number.
     #[error("disk {disk} (diskseq {seq}) has no partition {partition}")]
     NoSuchPartition {

@@ -21,6 +21,12 @@ const MINOR_MAX: u32 = (1 << 20) - 1;
 /// A diskseq is a 64-bit counter: at most 16 hex digits.
 const SEQ_HEX_DIGITS_MAX: usize = 16;
 
+/// The loop driver's major number (`LOOP_MAJOR` in `include/uapi/linux/major.h`,
+/// fixed since the driver's first version). It lives with the other names
+/// for devices so that sysfs, the device opener and the loop code all
+/// depend on this module and none on each other.
+pub const LOOP_MAJOR: u32 = 7;
+
 /// Why a device number or a command-line diskseq could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} {input:?}: {reason}")]

@@ -16,14 +16,13 @@ mod id;
 pub mod ioctl;
 mod loop_device;
 mod loop_label;
-mod sysfs;
+mod loop_status;
+pub mod sysfs;
 
-pub use device::{open_by_diskseq, open_verified, Access, BlockDevice};
+pub use device::{open_by_diskseq, open_by_number, open_verified, Access, BlockDevice};
 pub use error::{Error, Result};
-pub use id::{DevNum, DiskId, DiskSeq, DiskSeqParseError, FileId, ParseError};
-pub use loop_device::{
-    detach_labeled, detach_verified, list_loops, loop_info, LoopDevice, LoopInfo, LoopOptions,
-    PersistError, LOOP_MAJOR,
-};
+pub use id::{DevNum, DiskId, DiskSeq, DiskSeqParseError, FileId, ParseError, LOOP_MAJOR};
+pub use loop_device::{LoopDevice, LoopOptions, PersistError};
 pub use loop_label::{LoopLabel, LoopLabelError};
+pub use loop_status::{detach_labeled, detach_verified, list_loops, loop_info, LoopInfo};
 pub use sysfs::{list_devices, DeviceEntry, DeviceKind};

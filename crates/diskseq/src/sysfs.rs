@@ -1,14 +1,18 @@
-//! What sysfs says about block devices. Sysfs is read for *names* and for
-//! listing; it is never the proof of identity (it can change between the
-//! read and the open). Proof comes from the open fd, in `device`.
+//! What sysfs says about block devices. Sysfs is read for *names*, for
+//! listing, and for the attributes a backend publishes (queue limits); it is
+//! never the proof of identity (it can change between the read and the
+//! open). Proof comes from the open fd, in [`BlockDevice`](crate::BlockDevice).
+//!
+//! Read an attribute of a device only while holding it open: the number
+//! cannot be reused under an open fd, so sysfs then describes the instance
+//! the fd is.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::id::{DevNum, DiskSeq};
-use crate::loop_device::LOOP_MAJOR;
+use crate::id::{DevNum, DiskSeq, LOOP_MAJOR};
 
 const SYS_DEV_BLOCK: &str = "/sys/dev/block";
 const SYS_CLASS_BLOCK: &str = "/sys/class/block";
@@ -85,8 +89,10 @@ fn uevent_value(dir: &Path, key: &str) -> io::Result<Option<String>> {
 }
 
 /// The kernel's name for device `dev` (`DEVNAME` in its uevent, relative to
-/// `/dev`). A hint for where to open it, nothing more.
-pub(crate) fn devname(dev: DevNum) -> Result<String> {
+/// `/dev`): without udev, `/dev/<name>` is where the device node is. A hint
+/// for where to open it, nothing more. [`Error::NoSuchDevice`] when the
+/// kernel has no device `dev`.
+pub fn devname(dev: DevNum) -> Result<String> {
     let dir = dev_dir(dev);
     match uevent_value(&dir, "DEVNAME") {
         Ok(Some(name)) => Ok(name),
@@ -108,9 +114,49 @@ pub(crate) fn link_name(dev: DevNum) -> Option<String> {
     Some(target.file_name()?.to_str()?.replace('!', "/"))
 }
 
-/// The partition number of `dev`, `None` for a whole disk.
-pub(crate) fn partition_number(dev: DevNum) -> Option<u32> {
+/// The partition number of `dev`, `None` for a whole disk (or no device).
+pub fn partition_number(dev: DevNum) -> Option<u32> {
     read_number(&dev_dir(dev).join("partition"))
+}
+
+/// The sysfs directory of the whole disk `dev` is on: a partition's queue
+/// and media attributes live with its disk, one directory up.
+fn disk_dir(dev: DevNum) -> PathBuf {
+    let dir = dev_dir(dev);
+    if partition_number(dev).is_some() {
+        dir.join("..")
+    } else {
+        dir
+    }
+}
+
+/// Queue and media attributes of a disk, as blkback's `connect()` reads
+/// them from the `block_device` to publish them to the frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// `removable` = 1.
+    pub removable: bool,
+    /// `queue/write_cache` = "write back": the disk has a volatile cache,
+    /// so the frontend is offered flushes.
+    pub write_back_cache: bool,
+    /// `queue/discard_granularity` in bytes.
+    pub discard_granularity: u64,
+    /// The device's own `discard_alignment` in bytes (a partition's differs
+    /// from its disk's).
+    pub discard_alignment: u64,
+}
+
+/// Reads [`QueueLimits`] for `dev`, with the kernel's defaults (0, false)
+/// where an attribute is absent. Call it while holding `dev` open.
+pub fn queue_limits(dev: DevNum) -> QueueLimits {
+    let disk = disk_dir(dev);
+    QueueLimits {
+        removable: read_number::<u8>(&disk.join("removable")) == Some(1),
+        write_back_cache: read_trimmed(&disk.join("queue/write_cache"))
+            .is_ok_and(|s| s == "write back"),
+        discard_granularity: read_number(&disk.join("queue/discard_granularity")).unwrap_or(0),
+        discard_alignment: read_number(&dev_dir(dev).join("discard_alignment")).unwrap_or(0),
+    }
 }
 
 /// Whether the device's queue accepts discards. A partition shares its

@@ -12,16 +12,17 @@
 //! which builds the release binary, unpacks the stock script and sets
 //! `BLOCK_DISKSEQ_BIN` and `STOCK_BLOCK_SCRIPT`. Needs root (loop devices).
 
-#[path = "../tests/hotplug_support/mod.rs"]
-mod hotplug_support;
+#[path = "../tests/it/support.rs"]
+#[allow(dead_code)] // the bench uses part of the tests' bed
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hotplug_support::{assert_no_loops, wait_for, Bed, Image, OpenedBackend};
-use vbd::backend::{Backend, BackendConfig};
+use support::{assert_no_loops, wait_for, Bed, Image, OpenedBackend};
 use vbd::schema::{node, BackendPath};
+use xen_sim::backend::{Backend, BackendConfig};
 
 const STOCK: &str = "Xen stock block (backend without the check)";
 

@@ -30,7 +30,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use diskseq::{DevNum, DiskSeq};
 use xenstore::client::{Client, Transaction};
 
 use super::config::Config;
@@ -306,27 +305,10 @@ impl Inputs {
 /// it) is left alone — if it is one: a `physical-device` or `diskseq` that
 /// does not parse is an error, not a device.
 fn check_existing_record(raw_dev: &[u8], raw_seq: Option<&[u8]>) -> Result<(), SchemaError> {
-    let text = |node: &str, raw: &[u8]| {
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| SchemaError::Invalid {
-                node: node.to_owned(),
-                value: String::from_utf8_lossy(raw).into_owned(),
-                reason: "not text".into(),
-            })
-    };
-    let invalid = |node: &str, raw: &[u8], reason: String| SchemaError::Invalid {
-        node: node.to_owned(),
-        value: String::from_utf8_lossy(raw).into_owned(),
-        reason,
-    };
-    let dev = text(node::PHYSICAL_DEVICE, raw_dev)?;
-    DevNum::parse_xenstore(&dev)
-        .map_err(|e| invalid(node::PHYSICAL_DEVICE, raw_dev, e.to_string()))?;
+    schema::physical_device_from_node(raw_dev)?;
     if let Some(raw_seq) = raw_seq {
-        let seq = text(node::DISKSEQ, raw_seq)?;
-        DiskSeq::parse_xenstore(&seq)
-            .map_err(|e| invalid(node::DISKSEQ, raw_seq, e.to_string()))?;
+        schema::diskseq_from_node(raw_seq)
+            .map_err(|e| SchemaError::invalid(node::DISKSEQ, raw_seq, e))?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use super::loops;
 use super::mountinfo;
 use super::sharing::{self, Holder, VmIdentity};
 use super::target::Target;
-use crate::schema::{node, BackendPath, Mode};
+use crate::schema::{self, node, BackendPath, Mode};
 
 /// What the host itself does with the device: mounts and loop devices bound
 /// to the same file. Gathered once, before the publishing transaction.
@@ -147,15 +147,12 @@ pub(super) fn same_disk_record(
     host: &HostUsers,
 ) -> Result<Option<DevNum>, String> {
     let Some(raw) = raw else { return Ok(None) };
-    let dev = std::str::from_utf8(raw)
-        .ok()
-        .and_then(|s| DevNum::parse_xenstore(s).ok())
-        .ok_or_else(|| {
-            format!(
-                "physical-device {:?} is malformed",
-                String::from_utf8_lossy(raw)
-            )
-        })?;
+    let dev = schema::physical_device_from_node(raw).ok().ok_or_else(|| {
+        format!(
+            "physical-device {:?} is malformed",
+            String::from_utf8_lossy(raw)
+        )
+    })?;
     Ok(host.same_disk.contains_key(&dev).then_some(dev))
 }
 
@@ -208,10 +205,7 @@ fn classify(
     host: &HostUsers,
 ) -> Result<Result<Option<Holder>, String>, HotplugError> {
     if let Some(raw_seq) = raw_seq {
-        let Some(seq) = std::str::from_utf8(raw_seq)
-            .ok()
-            .and_then(|s| DiskSeq::parse_xenstore(s).ok())
-        else {
+        let Ok(seq) = schema::diskseq_from_node(raw_seq) else {
             return Ok(Err(format!(
                 "diskseq {:?} is malformed",
                 String::from_utf8_lossy(raw_seq)

@@ -11,11 +11,11 @@
 
 use std::fmt;
 
-use diskseq::{DevNum, DiskSeq, LoopInfo, LoopLabel};
+use diskseq::{LoopInfo, LoopLabel};
 use xenstore::client::Client;
 
 use super::error::HotplugError;
-use crate::schema::{node, BackendPath};
+use crate::schema::{self, node, BackendPath};
 
 /// A labelled loop device and what its backend says of it.
 #[derive(Debug, Clone)]
@@ -123,11 +123,10 @@ fn judge(info: &LoopInfo, backend: &BackendPath, values: &[Option<Vec<u8>>]) -> 
     let Some(raw_dev) = &values[1] else {
         return Verdict::Pending;
     };
-    let text = |raw: &[u8]| String::from_utf8_lossy(raw).into_owned();
-    let dev = DevNum::parse_xenstore(&text(raw_dev)).ok();
+    let dev = schema::physical_device_from_node(raw_dev).ok();
     let seq = values[2]
         .as_deref()
-        .and_then(|raw| DiskSeq::parse_xenstore(&text(raw)).ok());
+        .and_then(|raw| schema::diskseq_from_node(raw).ok());
     match (dev, seq) {
         (Some(dev), Some(seq)) if dev == info.id.dev() && seq == info.id.seq => Verdict::InUse,
         (Some(dev), Some(seq)) => Verdict::Leaked {
