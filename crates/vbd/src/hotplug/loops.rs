@@ -10,13 +10,10 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use diskseq::{BlockDevice, DevNum, FileId, LoopInfo};
+use diskseq::{BlockDevice, DevNum, FileId, LoopInfo, LOOP_MAJOR};
 use rustix::fs::{Mode, OFlags};
 
 use super::error::HotplugError;
-
-/// The block major of loop devices.
-const LOOP_MAJOR: u32 = 7;
 
 /// Bound loop devices whose backing file is `backing`, except the device
 /// numbered `except` (the caller's own, already known: not even opened).
