@@ -71,14 +71,7 @@ fn regular_file_is_refused() {
 fn fifo_is_refused_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    testbed::fifo::mkfifo(&fifo);
     assert_eq!(not_block(&fifo, Access::ReadOnly), "a FIFO");
 }
 

@@ -203,14 +203,7 @@ fn bad_inputs_fail_with_a_named_error_and_leave_nothing() {
     let dir = bed.dir.path().join("a-directory");
     std::fs::create_dir(&dir).unwrap();
     let fifo = bed.dir.path().join("a-fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    testbed::fifo::mkfifo(&fifo);
     let missing = bed.dir.path().join("missing.img");
     let img = image.path.display().to_string();
     let mut nul = image.path_bytes().to_vec();

@@ -13,7 +13,8 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use diskseq::{Access, DiskId, LoopDevice, LoopOptions};
+use diskseq::{Access, DiskId, LoopDevice};
+use testbed::race::bind_on_minor;
 use testbed::require_root;
 use vbd::schema::{node, BackendPath, PublishedDevice};
 
@@ -127,13 +128,10 @@ impl Arena {
     fn attack_and_judge(&self, backend: &BackendPath, tally: &mut Tally) -> Option<LoopDevice> {
         let record = record_opt(&self.bed, backend)?;
         tally.published += 1;
-        let adversary = LoopDevice::attach_at(
+        let adversary = bind_on_minor(
             record.physical_device.minor,
             self.adversary_file.as_fd(),
-            &LoopOptions {
-                autoclear: true,
-                ..Default::default()
-            },
+            Duration::ZERO,
         )
         .ok();
         if !names_published_instance(&record) {
@@ -450,14 +448,7 @@ fn remove_leaves_a_device_swapped_behind_its_back_alone() {
         bed.run("add", &backend, &[]).assert_ok();
         let ours = image.loops().pop().expect("the add's loop device");
         diskseq::detach_verified(&ours.id, Some(image.id)).unwrap();
-        match LoopDevice::attach_at(
-            ours.id.minor,
-            intruder_file.as_fd(),
-            &LoopOptions {
-                autoclear: true,
-                ..Default::default()
-            },
-        ) {
+        match bind_on_minor(ours.id.minor, intruder_file.as_fd(), Duration::ZERO) {
             Ok(device) => {
                 swapped = Some((ours, device));
                 break;
@@ -507,14 +498,7 @@ fn remove_after_autoclear_succeeds_even_if_the_number_was_reused() {
         bed.run("add", &backend, &[]).assert_ok();
         let id = blkback.release().expect("backend held the device");
         assert_no_loops(&image);
-        match LoopDevice::attach_at(
-            id.minor,
-            other_file.as_fd(),
-            &LoopOptions {
-                autoclear: true,
-                ..Default::default()
-            },
-        ) {
+        match bind_on_minor(id.minor, other_file.as_fd(), Duration::ZERO) {
             Ok(device) => {
                 reused = Some(device);
                 break;

@@ -183,10 +183,10 @@ impl Bed {
         step: &str,
         meanwhile: impl FnOnce(),
     ) -> Run {
-        use rustix::fs::{mknodat, FileType, Mode, OFlags, CWD};
+        use rustix::fs::{Mode, OFlags};
         let fifo = self.dir.path().join("pause.fifo");
         let _ = std::fs::remove_file(&fifo);
-        mknodat(CWD, &fifo, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0).unwrap();
+        testbed::fifo::mkfifo(&fifo);
         let fault = format!("pause:{step}");
         let mut command = self.script_command(
             cmd,

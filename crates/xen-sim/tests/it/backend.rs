@@ -16,7 +16,7 @@ use testbed::loops::wait_detached;
 use testbed::race::rebind_same_minor;
 use testbed::require_root;
 use vbd::schema::{node, BackendPath, Mode, XenbusState};
-use xen_sim::backend::{BackendConfig, DiskseqPolicy, OpenMethod};
+use xen_sim::backend::{BackendConfig, BeforeOpen, DiskseqPolicy, OpenMethod};
 use xen_sim::toolstack::{DeviceType, DiskSpec, Toolstack};
 use xenstore::client::Client;
 use xenstore::wire::Errno;
@@ -162,6 +162,26 @@ fn open_by_diskseq_connects_read_only() {
     wait_detached(&image);
 }
 
+/// The race's two devices: the one published (moved in by the test), and
+/// the one the hook bound on its minor.
+type SwapSlot = Arc<Mutex<(Option<LoopDevice>, Option<LoopDevice>)>>;
+
+/// A hook for the backend's window between reading the record and opening
+/// the device: when the slot holds the published device, let it go (its fd
+/// is the last one: autoclear detaches it) and bind `image` on its minor.
+fn swap_hook(slot: &SwapSlot, image: &Path) -> BeforeOpen {
+    let slot = Arc::clone(slot);
+    let image = image.to_owned();
+    Arc::new(move |_path, request| {
+        let mut slot = slot.lock().unwrap();
+        if let Some(published) = slot.0.take() {
+            assert_eq!(published.id().dev(), request.dev);
+            slot.1 = Some(rebind_same_minor(published, &image).expect("swap"));
+        }
+        Ok(())
+    })
+}
+
 /// The race the patch closes: between the publish and the open, the loop
 /// device is detached and another image is bound on the same minor. The
 /// hook runs in exactly that window, on every one of many attempts, with
@@ -175,22 +195,11 @@ fn the_reused_minor_is_refused_every_time() {
     let image_a = env.image("a.img", "IMAGE-A", MIB);
     let image_b = env.image("b.img", "IMAGE-B", MIB);
     // The test's loop devices, moved into the hook's slot for the swap.
-    let slot: Arc<Mutex<(Option<LoopDevice>, Option<LoopDevice>)>> = Arc::default();
+    let slot = SwapSlot::default();
     for method in [OpenMethod::ByNumber, OpenMethod::ByDiskseq] {
         let mut config = env.backend_config(0);
         config.open_method = method;
-        let hook_slot = Arc::clone(&slot);
-        let hook_image = image_b.clone();
-        config.before_open = Some(Arc::new(move |_path, request| {
-            let mut slot = hook_slot.lock().unwrap();
-            if let Some(a) = slot.0.take() {
-                assert_eq!(a.id().dev(), request.dev);
-                // A's fd is the last one: autoclear detaches it; B then
-                // takes the same minor.
-                slot.1 = Some(rebind_same_minor(a, &hook_image).expect("swap"));
-            }
-            Ok(())
-        }));
+        config.before_open = Some(swap_hook(&slot, &image_b));
         let backend = env.start_backend(config);
         let _guest = env.start_frontend(3);
         let mut xs = env.dom0();
@@ -246,18 +255,10 @@ fn a_backend_without_the_check_serves_the_wrong_image() {
     let env = Env::new(&[4]);
     let image_a = env.image("a.img", "IMAGE-A", MIB);
     let image_b = env.image("b.img", "IMAGE-B", MIB);
-    let slot: Arc<Mutex<(Option<LoopDevice>, Option<LoopDevice>)>> = Arc::default();
+    let slot = SwapSlot::default();
     let mut config = env.backend_config(0);
     config.policy = DiskseqPolicy::Ignore;
-    let hook_slot = Arc::clone(&slot);
-    let hook_image = image_b.clone();
-    config.before_open = Some(Arc::new(move |_path, _request| {
-        let mut slot = hook_slot.lock().unwrap();
-        if let Some(a) = slot.0.take() {
-            slot.1 = Some(rebind_same_minor(a, &hook_image).expect("swap"));
-        }
-        Ok(())
-    }));
+    config.before_open = Some(swap_hook(&slot, &image_b));
     let backend = env.start_backend(config);
     let guest = env.start_frontend(4);
     let mut xs = env.dom0();
