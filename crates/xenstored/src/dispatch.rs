@@ -12,6 +12,7 @@ use crate::access::Caller;
 use crate::config::{Quotas, PERMS_PER_NODE, TRANSACTION_NODES};
 use crate::domains::Domains;
 use crate::ops;
+use crate::release;
 use crate::store::{CommitError, Direct, Node, Overlay, Store, Tree, TxView};
 use crate::watch::{Change, ConnId, Subscriber, WatchIndex};
 
@@ -554,6 +555,12 @@ impl Request<'_> {
         known_domain(self.state, domid)?;
         self.state.domains.release(domid);
         self.out.released = Some(domid);
+        // The domid may be given to a new domain: it must find neither the
+        // old one's nodes nor its grants (XSA-419, XSA-322). Their removal
+        // events come before `@releaseDomain`, as in the C daemon.
+        let mut changes = Vec::new();
+        release::forget_domain(&mut Direct::new(&mut self.state.store, &mut changes), domid);
+        self.out.changes.append(&mut changes);
         self.out
             .changes
             .push(special_change(&self.state.store, RELEASE_DOMAIN));
