@@ -688,8 +688,10 @@ fn pipelined_batches_in_a_transaction() {
 
 #[test]
 fn store_trait_runs_inside_and_outside_transactions() {
+    // Code generic over a client and a transaction takes a `Session` of
+    // either scope (the node operations are written once, on `Session`).
     fn publish(
-        store: &mut impl xenstore::Store,
+        store: &mut xenstore::Session<impl xenstore::Scope>,
         base: &str,
     ) -> xenstore::client::Result<Vec<String>> {
         store.write(&format!("{base}/physical-device"), "7:0")?;
