@@ -12,6 +12,9 @@
 //! connection whose unread output passes [`OUTPUT_LIMIT`] is dropped; a frame
 //! announcing more than the protocol's payload limit disconnects its sender.
 
+mod conn;
+mod output;
+
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -19,11 +22,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 
 use rustix::buffer::spare_capacity;
 use rustix::event::epoll::{self, EventData, EventFlags};
-use xenstore::wire::{Header, Message, MsgType, HEADER_SIZE, PAYLOAD_MAX};
+use xenstore::wire::{Message, HEADER_SIZE, PAYLOAD_MAX};
 
-use crate::dispatch::{self, Outcome, Session, State};
+use crate::dispatch::{self, Session, State};
 use crate::trace::Trace;
-use crate::watch::{Change, ConnId};
+use crate::watch::ConnId;
+use conn::{live, send, Conn};
 
 /// Requests handled for one connection before others get a turn.
 const BATCH: usize = 64;
@@ -44,70 +48,6 @@ pub struct Listener {
     pub listener: UnixListener,
     pub domid: u32,
     pub privileged: bool,
-}
-
-struct Conn {
-    stream: UnixStream,
-    session: Session,
-    input: Vec<u8>,
-    input_start: usize,
-    output: Vec<u8>,
-    output_start: usize,
-    /// Bytes ever queued / written, to tell which replies are still unread.
-    queued_total: u64,
-    written_total: u64,
-    /// `queued_total` at the end of each reply not yet fully written (guests
-    /// only: the outstanding-requests quota).
-    reply_ends: VecDeque<u64>,
-    interest: EventFlags,
-    queued_for_processing: bool,
-    dirty: bool,
-    /// The peer will send nothing more (it half-closed or closed): close
-    /// once its requests are answered and the answers written.
-    eof: bool,
-    /// The peer closed completely: nothing can be written to it either.
-    gone: bool,
-    closing: bool,
-}
-
-impl Conn {
-    fn pending_input(&self) -> &[u8] {
-        &self.input[self.input_start..]
-    }
-
-    fn pending_output(&self) -> usize {
-        self.output.len() - self.output_start
-    }
-
-    fn has_complete_frame(&self) -> bool {
-        let pending = self.pending_input();
-        match pending.first_chunk::<HEADER_SIZE>() {
-            Some(raw) => {
-                let len = Header::decode(raw).len as usize;
-                // An oversize header counts as complete: handling it
-                // disconnects the sender.
-                len > PAYLOAD_MAX || pending.len() >= HEADER_SIZE + len
-            }
-            None => false,
-        }
-    }
-
-    /// Half-closed, every request answered and every answer written.
-    fn finished(&self) -> bool {
-        self.eof && !self.has_complete_frame() && self.pending_output() == 0
-    }
-
-    fn outstanding_full(&self, limit: usize) -> bool {
-        !self.session.privileged && self.reply_ends.len() >= limit
-    }
-
-    fn queue(&mut self, header: Header, parts: &[&[u8]]) {
-        self.output.extend_from_slice(&header.encode());
-        for part in parts {
-            self.output.extend_from_slice(part);
-        }
-        self.queued_total += (HEADER_SIZE + header.len as usize) as u64;
-    }
 }
 
 /// The daemon's loop and everything it owns.
@@ -416,190 +356,6 @@ impl Server {
         }
     }
 
-    fn deliver(&mut self, from: ConnId, outcome: Outcome) {
-        for change in &outcome.changes {
-            self.fan_out(change);
-        }
-        if let Some(conn) = live(&mut self.conns, from) {
-            let domid = conn.session.domid;
-            let privileged = conn.session.privileged;
-            for (i, frame) in outcome.frames.iter().enumerate() {
-                conn.queue(frame.header(), &[&frame.payload]);
-                if i == 0 && !privileged {
-                    conn.reply_ends.push_back(conn.queued_total);
-                }
-                if let Some(trace) = &mut self.trace {
-                    trace.message("OUT", from, domid, frame);
-                }
-            }
-        }
-        self.after_queue(from);
-        if let Some(domid) = outcome.released {
-            let victims: Vec<ConnId> = self
-                .conns
-                .iter()
-                .enumerate()
-                .filter_map(|(id, c)| c.as_ref().map(|c| (id, c)))
-                .filter(|(_, c)| !c.session.privileged && c.session.domid == domid)
-                .map(|(id, _)| id)
-                .collect();
-            for id in victims {
-                self.doom(id);
-            }
-        }
-    }
-
-    /// Queues `change`'s watch events on every connection allowed to see it.
-    fn fan_out(&mut self, change: &Change) {
-        let conns = &mut self.conns;
-        let state = &self.state;
-        let trace = &mut self.trace;
-        let mut touched: Vec<ConnId> = Vec::new();
-        state.watches.matches(change, |sub, path| {
-            let Some(conn) = conns.get_mut(sub.conn).and_then(Option::as_mut) else {
-                return;
-            };
-            if conn.closing {
-                return;
-            }
-            let caller = state.caller(conn.session.domid, conn.session.privileged);
-            if !change.visible_to(&caller) {
-                return;
-            }
-            let len = path.len() + sub.token.len() + 2;
-            if len > PAYLOAD_MAX {
-                return;
-            }
-            let header = Header {
-                msg_type: MsgType::WatchEvent as u32,
-                req_id: 0,
-                tx_id: 0,
-                len: len as u32,
-            };
-            conn.queue(
-                header,
-                &[path.as_bytes(), b"\0", sub.token.as_bytes(), b"\0"],
-            );
-            if let Some(trace) = trace {
-                trace.event(sub.conn, conn.session.domid, path, &sub.token);
-            }
-            touched.push(sub.conn);
-        });
-        // Send each change's events now rather than at the end of the turn:
-        // watchers start reading while the daemon is still fanning out.
-        for id in touched {
-            self.after_queue(id);
-            self.flush(id);
-        }
-    }
-
-    /// Marks a connection with new output for flushing, or drops it when
-    /// its reader has fallen too far behind.
-    fn after_queue(&mut self, id: ConnId) {
-        let Some(conn) = live(&mut self.conns, id) else {
-            return;
-        };
-        if conn.pending_output() > OUTPUT_LIMIT {
-            if let Some(trace) = &mut self.trace {
-                trace.connection(id, conn.session.domid, "SLOW-READER");
-            }
-            self.doom(id);
-        } else {
-            self.mark_dirty(id);
-        }
-    }
-
-    fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for id in dirty {
-            if let Some(conn) = self.conn(id) {
-                conn.dirty = false;
-            }
-            self.flush(id);
-            self.update_interest(id);
-        }
-    }
-
-    fn flush(&mut self, id: ConnId) {
-        let outstanding = self.state.quotas.outstanding;
-        let Some(conn) = self.conn(id) else {
-            return;
-        };
-        let was_full = conn.outstanding_full(outstanding);
-        let mut failed = false;
-        while conn.output_start < conn.output.len() {
-            match send(&conn.stream, &conn.output[conn.output_start..]) {
-                Ok(0) => {
-                    failed = true;
-                    break;
-                }
-                Ok(n) => {
-                    conn.output_start += n;
-                    conn.written_total += n as u64;
-                }
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) => break,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        while conn
-            .reply_ends
-            .front()
-            .is_some_and(|end| *end <= conn.written_total)
-        {
-            conn.reply_ends.pop_front();
-        }
-        if conn.output_start == conn.output.len() {
-            conn.output.clear();
-            conn.output_start = 0;
-            if conn.output.capacity() > 1024 * 1024 {
-                conn.output.shrink_to(64 * 1024);
-            }
-        }
-        let resume = was_full && !conn.outstanding_full(outstanding) && conn.has_complete_frame();
-        if failed || conn.finished() {
-            self.doom(id);
-        } else if resume {
-            self.schedule(id);
-        }
-    }
-
-    /// Asks epoll for input unless the connection is paused, and for output
-    /// while some is queued.
-    fn update_interest(&mut self, id: ConnId) {
-        let outstanding = self.state.quotas.outstanding;
-        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
-            return;
-        };
-        if conn.closing {
-            return;
-        }
-        let mut wanted = EventFlags::empty();
-        if !conn.eof
-            && conn.pending_input().len() < INPUT_LIMIT
-            && !conn.outstanding_full(outstanding)
-        {
-            wanted |= EventFlags::IN | EventFlags::RDHUP;
-        }
-        if conn.pending_output() > 0 {
-            wanted |= EventFlags::OUT;
-        }
-        if wanted != conn.interest
-            && epoll::modify(
-                &self.epoll,
-                &conn.stream,
-                EventData::new_u64(CONN_BASE + id as u64),
-                wanted,
-            )
-            .is_ok()
-        {
-            conn.interest = wanted;
-        }
-    }
-
     fn close_doomed(&mut self) {
         let doomed = std::mem::take(&mut self.doomed);
         if !doomed.is_empty() && self.listeners_paused {
@@ -627,18 +383,4 @@ impl Server {
             self.free_slots.push(id);
         }
     }
-}
-
-/// The connection in slot `id`, unless it is gone or being closed.
-fn live(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
-    conns
-        .get_mut(id)
-        .and_then(Option::as_mut)
-        .filter(|c| !c.closing)
-}
-
-/// Writes without raising SIGPIPE when the peer is gone (the daemon may be
-/// embedded in a program that does not ignore it).
-fn send(stream: &UnixStream, bytes: &[u8]) -> rustix::io::Result<usize> {
-    rustix::net::send(stream, bytes, rustix::net::SendFlags::NOSIGNAL)
 }

@@ -1,20 +1,37 @@
-//! One request in, one reply (and the watch events it causes) out: payload
-//! parsing, privilege and transaction lookup, and the message-type table of
-//! the C daemon's `process_message`. No I/O happens here.
+//! One request in, one reply (and the watch events it causes) out:
+//! privilege and transaction lookup, and the message-type table of the C
+//! daemon's `process_message`. No I/O happens here.
+//!
+//! | module | job |
+//! |---|---|
+//! | `mod.rs` | shared and per-connection state, the table, node requests |
+//! | `payload` | payload parsing (`onearg`, string lists, domids) |
+//! | `view` | the live store or a transaction as one `Tree` |
+//! | `watches` | WATCH, UNWATCH |
+//! | `transactions` | TRANSACTION_START, TRANSACTION_END |
+//! | `domain_requests` | INTRODUCE, RELEASE, SET_TARGET, domain checks |
+
+mod domain_requests;
+mod payload;
+mod transactions;
+mod view;
+mod watches;
 
 use std::collections::{HashMap, HashSet};
 
-use xenstore::path::{XsPath, INTRODUCE_DOMAIN, RELEASE_DOMAIN};
+use xenstore::path::XsPath;
 use xenstore::perms::Perms;
-use xenstore::wire::{self, Errno, Message, MsgType, OK_PAYLOAD};
+use xenstore::wire::{self, Errno, Message, MsgType};
 
 use crate::access::Caller;
-use crate::config::{Quotas, PERMS_PER_NODE, TRANSACTION_NODES};
+use crate::config::{Quotas, PERMS_PER_NODE};
 use crate::domains::Domains;
 use crate::ops;
-use crate::release;
-use crate::store::{CommitError, Direct, Node, Overlay, Store, Tree, TxView};
-use crate::watch::{Change, ConnId, Subscriber, WatchIndex};
+use crate::store::{Direct, Overlay, Store, TxView};
+use crate::watch::{Change, ConnId, WatchIndex};
+use domain_requests::{control, known_domain};
+use payload::{ack, below_any_home, one_arg, parse_domid, strings, utf8};
+use view::View;
 
 /// Everything shared by all connections.
 #[derive(Debug)]
@@ -201,111 +218,6 @@ fn handle_inner(
     }
 }
 
-fn ack(_: ()) -> Vec<u8> {
-    OK_PAYLOAD.to_vec()
-}
-
-/// The single NUL-terminated argument of a request (`onearg` in the C
-/// daemon): exactly one NUL, at the end.
-fn one_arg(payload: &[u8]) -> Result<&[u8], Errno> {
-    match payload.split_last() {
-        Some((0, arg)) if !arg.contains(&0) => Ok(arg),
-        _ => Err(Errno::EINVAL),
-    }
-}
-
-/// The NUL-terminated strings of a payload (anything after the last NUL is
-/// ignored, as `get_strings` does).
-fn strings(payload: &[u8]) -> Vec<&[u8]> {
-    let end = payload.iter().rposition(|b| *b == 0).map_or(0, |i| i + 1);
-    if end == 0 {
-        return Vec::new();
-    }
-    payload[..end - 1].split(|b| *b == 0).collect()
-}
-
-fn utf8(bytes: &[u8]) -> Result<&str, Errno> {
-    std::str::from_utf8(bytes).map_err(|_| Errno::EINVAL)
-}
-
-fn parse_domid(bytes: &[u8]) -> Result<u32, Errno> {
-    let text = utf8(bytes)?;
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Errno::EINVAL);
-    }
-    text.parse().map_err(|_| Errno::EINVAL)
-}
-
-fn known_domain(state: &State, domid: u32) -> Result<(), Errno> {
-    if domid == 0 {
-        Err(Errno::EINVAL)
-    } else if state.domains.is_introduced(domid) {
-        Ok(())
-    } else {
-        Err(Errno::ENOENT)
-    }
-}
-
-fn control(payload: &[u8]) -> Reply {
-    let args = strings(payload);
-    match args.first().copied() {
-        Some(b"help") => Ok(b"help\nprint <text>\n\0".to_vec()),
-        Some(b"print") => Ok(ack(())),
-        _ => Err(Errno::EINVAL),
-    }
-}
-
-/// Either view a node operation runs on.
-enum View<'a> {
-    Direct(Direct<'a>),
-    Tx(TxView<'a>),
-}
-
-impl Tree for View<'_> {
-    fn node(&mut self, path: &str) -> Option<&Node> {
-        match self {
-            View::Direct(t) => t.node(path),
-            View::Tx(t) => t.node(path),
-        }
-    }
-    fn peek(&self, path: &str) -> Option<&Node> {
-        match self {
-            View::Direct(t) => t.peek(path),
-            View::Tx(t) => t.peek(path),
-        }
-    }
-    fn create(&mut self, path: &str, node: Node) {
-        match self {
-            View::Direct(t) => t.create(path, node),
-            View::Tx(t) => t.create(path, node),
-        }
-    }
-    fn delete(&mut self, path: &str) {
-        match self {
-            View::Direct(t) => t.delete(path),
-            View::Tx(t) => t.delete(path),
-        }
-    }
-    fn update(&mut self, path: &str, change: impl FnOnce(&mut Node)) {
-        match self {
-            View::Direct(t) => t.update(path, change),
-            View::Tx(t) => t.update(path, change),
-        }
-    }
-    fn entries_full(&self, domid: u32, new_nodes: usize, limit: usize) -> bool {
-        match self {
-            View::Direct(t) => t.entries_full(domid, new_nodes, limit),
-            View::Tx(t) => t.entries_full(domid, new_nodes, limit),
-        }
-    }
-    fn record(&mut self, change: Change) {
-        match self {
-            View::Direct(t) => t.record(change),
-            View::Tx(t) => t.record(change),
-        }
-    }
-}
-
 /// One request being handled.
 struct Request<'a> {
     state: &'a mut State,
@@ -405,205 +317,6 @@ impl Request<'_> {
         let path = self.path(path, false)?;
         let offset: usize = utf8(offset)?.parse().map_err(|_| Errno::EINVAL)?;
         self.run(|t, c, _| ops::directory_part(t, c, path.as_str(), offset))
-    }
-
-    fn watch(&mut self, payload: &[u8]) -> Reply {
-        let args = strings(payload);
-        let [raw, token] = args.as_slice() else {
-            return Err(Errno::EINVAL);
-        };
-        let path = self.path(raw, true)?;
-        let token = utf8(token)?;
-        let key = (Box::<str>::from(path.as_str()), Box::<str>::from(token));
-        if self.session.watches.contains(&key) {
-            return Err(Errno::EEXIST);
-        }
-        let domid = self.session.domid;
-        let count = self.state.watch_counts.get(&domid).copied().unwrap_or(0);
-        if !self.session.privileged && count >= self.state.quotas.watches {
-            return Err(Errno::E2BIG);
-        }
-        let relative = !raw.starts_with(b"/") && !raw.starts_with(b"@");
-        let prefix_len = if relative {
-            XsPath::domain_home(domid).as_str().len() + 1
-        } else {
-            0
-        };
-        self.state.watches.add(
-            path.as_str(),
-            Subscriber {
-                conn: self.session.id,
-                token: token.into(),
-                prefix_len,
-            },
-        );
-        *self.state.watch_counts.entry(domid).or_insert(0) += 1;
-        self.session.watches.insert(key);
-        let first_event = wire::watch_payload(&path.as_str()[prefix_len..], token);
-        self.out
-            .frames
-            .push(Message::new(MsgType::WatchEvent, 0, 0, first_event));
-        Ok(ack(()))
-    }
-
-    fn unwatch(&mut self, payload: &[u8]) -> Reply {
-        let args = strings(payload);
-        let [raw, token] = args.as_slice() else {
-            return Err(Errno::EINVAL);
-        };
-        let path = self.path(raw, true)?;
-        let key = (
-            Box::<str>::from(path.as_str()),
-            Box::<str>::from(utf8(token)?),
-        );
-        if !self.session.watches.remove(&key) {
-            return Err(Errno::ENOENT);
-        }
-        self.state.watches.remove(&key.0, self.session.id, &key.1);
-        if let Some(count) = self.state.watch_counts.get_mut(&self.session.domid) {
-            *count = count.saturating_sub(1);
-        }
-        Ok(ack(()))
-    }
-
-    fn transaction_start(&mut self) -> Reply {
-        if self.tx_id != 0 {
-            return Err(Errno::EBUSY);
-        }
-        let session = &mut *self.session;
-        // One more than the quota, as the C daemon of Xen 4.17 allows: it
-        // refuses only once the count already exceeds it (measured on real
-        // Xen: a guest opens 11 with the default of 10, `tests/xen`
-        // `xs-suites-real`). The C daemon counts per connection, and a
-        // guest has exactly one (its ring); ours counts all connections of
-        // a guest's socket together, so that opening more connections does
-        // not multiply what a guest's transactions may hold (XSA-326).
-        if !session.privileged {
-            let open = self
-                .state
-                .tx_counts
-                .get(&session.domid)
-                .copied()
-                .unwrap_or(0);
-            if open > self.state.quotas.transactions {
-                return Err(Errno::ENOSPC);
-            }
-            self.state.count_transactions(session.domid, 1);
-        }
-        let mut id = session.last_tx_id;
-        loop {
-            id = id.wrapping_add(1);
-            if id != 0 && !session.transactions.contains_key(&id) {
-                break;
-            }
-        }
-        session.last_tx_id = id;
-        let node_limit = (!session.privileged).then_some(TRANSACTION_NODES);
-        session.transactions.insert(id, Overlay::new(node_limit));
-        Ok(wire::nul_terminated(&[id.to_string().as_bytes()]))
-    }
-
-    fn transaction_end(&mut self, payload: &[u8]) -> Reply {
-        let commit = match one_arg(payload)? {
-            b"T" => true,
-            b"F" => false,
-            _ => return Err(Errno::EINVAL),
-        };
-        let overlay = self
-            .session
-            .transactions
-            .remove(&self.tx_id)
-            .ok_or(Errno::ENOENT)?;
-        if !self.session.privileged {
-            self.state.count_transactions(self.session.domid, -1);
-        }
-        if commit {
-            let entries = self.state.quotas.entries;
-            let mut changes = self
-                .state
-                .store
-                .commit(overlay, entries)
-                .map_err(|e| match e {
-                    CommitError::Failed => Errno::ENOMEM,
-                    CommitError::Quota { .. } => Errno::ENOSPC,
-                    CommitError::Conflict { .. } => Errno::EAGAIN,
-                })?;
-            self.out.changes.append(&mut changes);
-        }
-        Ok(ack(()))
-    }
-
-    fn introduce(&mut self, payload: &[u8]) -> Reply {
-        let args = strings(payload);
-        let [domid, _mfn, port, ..] = args.as_slice() else {
-            return Err(Errno::EINVAL);
-        };
-        let domid = parse_domid(domid)?;
-        if parse_domid(port)? == 0 {
-            return Err(Errno::EINVAL);
-        }
-        if self.state.domains.introduce(domid) {
-            self.out
-                .changes
-                .push(special_change(&self.state.store, INTRODUCE_DOMAIN));
-        }
-        Ok(ack(()))
-    }
-
-    fn release(&mut self, payload: &[u8]) -> Reply {
-        let domid = parse_domid(one_arg(payload)?)?;
-        known_domain(self.state, domid)?;
-        self.state.domains.release(domid);
-        self.out.released = Some(domid);
-        // The domid may be given to a new domain: it must find neither the
-        // old one's nodes nor its grants (XSA-419, XSA-322). Their removal
-        // events come before `@releaseDomain`, as in the C daemon.
-        let mut changes = Vec::new();
-        release::forget_domain(&mut Direct::new(&mut self.state.store, &mut changes), domid);
-        self.out.changes.append(&mut changes);
-        self.out
-            .changes
-            .push(special_change(&self.state.store, RELEASE_DOMAIN));
-        Ok(ack(()))
-    }
-
-    fn set_target(&mut self, payload: &[u8]) -> Reply {
-        let args = strings(payload);
-        let [domid, target] = args.as_slice() else {
-            return Err(Errno::EINVAL);
-        };
-        let (domid, target) = (parse_domid(domid)?, parse_domid(target)?);
-        known_domain(self.state, domid)?;
-        known_domain(self.state, target)?;
-        self.state.domains.set_target(domid, target);
-        Ok(ack(()))
-    }
-}
-
-/// The event for a special path; who may see it is decided by the special
-/// node's permissions (dom0 only unless the toolstack granted more).
-fn special_change(store: &Store, path: &str) -> Change {
-    let readers = [path, "/"]
-        .into_iter()
-        .filter_map(|p| store.get(p).map(|n| n.perms.clone()))
-        .collect();
-    Change {
-        path: path.into(),
-        exact: true,
-        readers,
-    }
-}
-
-/// The part of `path` below `/local/domain/<domid>/`, for the path-length
-/// quota (the whole path when it is not below a domain's home).
-fn below_any_home(path: &str) -> &str {
-    let Some(rest) = path.strip_prefix("/local/domain/") else {
-        return path;
-    };
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    match rest[digits..].strip_prefix('/') {
-        Some(tail) if digits > 0 => tail,
-        _ => path,
     }
 }
 
