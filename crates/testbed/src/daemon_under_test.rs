@@ -13,15 +13,11 @@
 //! never empty (`/local`, `/tool`, `/vm` …): tests keep to their own
 //! [`unique_prefix`], in both modes, so one code path runs everywhere.
 
-#![allow(dead_code)]
-
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-#[path = "guest_relay.rs"]
-pub mod guest_relay;
-
+use crate::guest_relay;
 use xenstored::{Config, Daemon, DaemonHandle, Quotas};
 
 pub const DAEMON_ENV: &str = "XENSTORE_TEST_DAEMON";
@@ -210,16 +206,6 @@ pub fn unique_prefix(name: &str) -> String {
     format!("{DOM0_HOME}/diskseq-test/{}-{n}-{name}", std::process::id())
 }
 
-#[test]
-fn endpoint_lists_parse() {
-    assert_eq!(
-        parse_guests("5=/a,6=/b/c").unwrap(),
-        [(5, PathBuf::from("/a")), (6, PathBuf::from("/b/c"))]
-    );
-    assert!(parse_guests("5").unwrap_err().contains("DOMID=PATH"));
-    assert!(parse_guests("x=/a").unwrap_err().contains("not a number"));
-}
-
 /// Set in a re-executed test binary: serve our daemon in the foreground
 /// with its sockets in this directory (see [`serve_if_asked`]).
 const SERVE_ENV: &str = "XENSTORE_TEST_SERVE_IN";
@@ -239,12 +225,16 @@ pub fn serve_if_asked(guests: &[u32]) {
     xenstored::run(config).expect("daemon runs");
 }
 
-/// Runs this test binary's whole suite in external mode against our daemon
-/// in a separate process (this binary re-executed, running only
-/// `serve_test`), and checks that every test of it ran and passed. What
-/// runs is the code path the real-Xen harness uses against the C daemon.
-/// `skip` lists further name filters; `env` further variables.
+/// Runs one suite of this test binary — the tests in module `suite`
+/// (names starting `suite::`), the binary holding a crate's whole
+/// integration test suite — in external mode against our daemon in a
+/// separate process (this binary re-executed, running only `serve_test`),
+/// and checks that every test of the suite ran and passed. What runs is the
+/// code path the real-Xen harness uses against the C daemon. `serve_test`,
+/// `self_test` and `agent_test` are full test names (module path included:
+/// they are run with `--exact`); `env` lists further variables.
 pub fn run_suite_against_separate_daemon(
+    suite: &str,
     serve_test: &str,
     self_test: &str,
     agent_test: Option<&str>,
@@ -304,9 +294,11 @@ pub fn run_suite_against_separate_daemon(
     if let Some(agent_test) = agent_test {
         skips.extend(["--skip", agent_test]);
     }
+    let filter = format!("{suite}::");
     let suite = |extra: &[&str]| {
         let mut cmd = Command::new(&exe);
         cmd.args(extra)
+            .arg(&filter)
             .args(&skips)
             .env(DAEMON_ENV, &socket)
             .env(KIND_ENV, "diskseq")
@@ -342,4 +334,19 @@ pub fn run_suite_against_separate_daemon(
         summary.contains(&format!(" {listed} passed; 0 failed; 0 ignored")),
         "every one of the {listed} tests must run and pass: {summary}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_lists_parse() {
+        assert_eq!(
+            parse_guests("5=/a,6=/b/c").unwrap(),
+            [(5, PathBuf::from("/a")), (6, PathBuf::from("/b/c"))]
+        );
+        assert!(parse_guests("5").unwrap_err().contains("DOMID=PATH"));
+        assert!(parse_guests("x=/a").unwrap_err().contains("not a number"));
+    }
 }

@@ -1,13 +1,11 @@
 //! Whatever a client sends, the daemon answers with the right error or
 //! drops that one connection — and keeps serving everyone else.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{arg, args, Bed, Raw, GUEST};
+use crate::common::{arg, args, Bed, Raw, GUEST};
 use proptest::prelude::*;
 use xenstore::wire::{Header, MsgType, HEADER_SIZE, PAYLOAD_MAX};
 

@@ -1,11 +1,9 @@
 //! A guest domain, over its domain socket, reads what it is allowed to,
 //! gets EACCES elsewhere, cannot exceed its quotas and cannot slow dom0.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{arg, args, Bed, Raw, GUEST, OTHER_GUEST};
+use crate::common::{arg, args, Bed, Raw, GUEST, OTHER_GUEST};
 use xenstore::wire::{Message, MsgType};
 use xenstore::{Errno, Perms, WatchEvent};
 use xenstored::Quotas;

@@ -7,7 +7,7 @@
 //! xenstored in a real dom0 (`tests/xen`, scenario `xs-suites-real`, over
 //! its socket and over `/dev/xen/xenbus`), or ours in another process
 //! (`suite_against_a_separate_daemon_process`, below, on every `cargo test`);
-//! the variables are described in `../../xenstored/tests/common/daemon_under_test.rs`.
+//! the variables are described in `testbed::daemon_under_test`.
 //! Every test keeps to its own node prefix under `/local/domain/0`, in both
 //! modes, and removes it when done.
 //!
@@ -21,14 +21,11 @@
 //!   kernel's one connection, shared by every user of the device and by the
 //!   kernel's own watches (blkback's, in dom0), so they run over sockets.
 
-#[path = "../../xenstored/tests/common/daemon_under_test.rs"]
-mod daemon_under_test;
-
 use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use daemon_under_test::{unique_prefix, DaemonUnderTest, Kind, DOM0_HOME};
+use testbed::daemon_under_test::{self, unique_prefix, DaemonUnderTest, Kind, DOM0_HOME};
 use xenstore::{Client, Errno, Perms, WatchEvent};
 
 /// The guest domain of the in-process daemon.
@@ -827,23 +824,11 @@ fn suite_against_a_separate_daemon_process() {
         return; // already the external run: no recursion
     }
     daemon_under_test::run_suite_against_separate_daemon(
-        "separate_daemon_process",
+        "client_daemon",
+        "client_daemon::separate_daemon_process",
         "suite_against_a_separate_daemon_process",
         Some("relay_agent_process"),
         &[GUEST],
         &[],
     );
-}
-
-/// Relays a guest's connection when this binary runs as the relay agent
-/// (`XENSTORE_TEST_RELAY_AGENT`): inside a real PV guest (`tests/xen`), or
-/// for [`suite_against_a_separate_daemon_process`] on our daemon's guest
-/// socket. Passes at once otherwise.
-#[test]
-fn relay_agent_process() {
-    let Some(endpoint) = std::env::var_os(daemon_under_test::guest_relay::AGENT_ENV) else {
-        return;
-    };
-    daemon_under_test::guest_relay::run_agent(std::path::Path::new(&endpoint))
-        .unwrap_or_else(|e| panic!("{e}"));
 }

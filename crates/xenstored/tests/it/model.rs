@@ -12,7 +12,7 @@
 //! and which it changes, and a version per node.
 //!
 //! The daemon is ours, in this process, unless `XENSTORE_TEST_DAEMON` names
-//! an external one's socket or device (see `common/daemon_under_test.rs`):
+//! an external one's socket or device (see `testbed::daemon_under_test`):
 //! the C xenstored of a real dom0 (`tests/xen`, scenario `xs-suites-real`), or
 //! ours in another process (`model_against_a_separate_daemon_process`, on
 //! every `cargo test`). Each sequence runs in its own fresh node prefix —
@@ -27,15 +27,11 @@
 //! the C daemon and accepted by ours; the model answers what the daemon
 //! under test must.
 
-mod common;
-#[path = "common/daemon_under_test.rs"]
-mod daemon_under_test;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::arg;
-use daemon_under_test::{unique_prefix, DaemonUnderTest};
+use crate::common::arg;
 use proptest::prelude::*;
+use testbed::daemon_under_test::{unique_prefix, DaemonUnderTest};
 use xenstore::wire::MsgType;
 
 #[derive(Debug, Clone)]
@@ -371,7 +367,7 @@ impl Conn {
     }
 
     fn call(&mut self, t: MsgType, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>, String> {
-        common::outcome(t, self.0.send_raw(t as u32, tx_id, payload).expect("reply"))
+        crate::common::outcome(t, self.0.send_raw(t as u32, tx_id, payload).expect("reply"))
     }
 }
 
@@ -429,7 +425,7 @@ impl Corner {
         let prefix = unique_prefix("model");
         let mut raw = Conn::connect(daemon.endpoint());
         raw.call(MsgType::Mkdir, 0, &arg(&prefix)).unwrap();
-        raw.call(MsgType::SetPerms, 0, &common::args(&[&prefix, "n0"]))
+        raw.call(MsgType::SetPerms, 0, &crate::common::args(&[&prefix, "n0"]))
             .unwrap();
         raw.call(MsgType::Mkdir, 0, &arg(&format!("{prefix}/tool/xenstored")))
             .unwrap();
@@ -801,7 +797,7 @@ impl GuestCorner {
         if dom0.call(MsgType::Read, 0, &arg(&home)).is_err() {
             dom0.call(MsgType::Mkdir, 0, &arg(&home)).unwrap();
             let owner = format!("n{domid}");
-            dom0.call(MsgType::SetPerms, 0, &common::args(&[&home, &owner]))
+            dom0.call(MsgType::SetPerms, 0, &crate::common::args(&[&home, &owner]))
                 .unwrap();
         }
         let unique = unique_prefix(name);
@@ -967,7 +963,7 @@ fn guest_xsa_326_many_nodes_in_one_transaction() {
 /// [`model_against_a_separate_daemon_process`]; passes at once otherwise.
 #[test]
 fn separate_daemon_process() {
-    daemon_under_test::serve_if_asked(&[GUEST]);
+    testbed::daemon_under_test::serve_if_asked(&[GUEST]);
 }
 
 /// The external mode on every `cargo test`: the model's sequences against
@@ -975,11 +971,12 @@ fn separate_daemon_process() {
 /// covers the breadth).
 #[test]
 fn model_against_a_separate_daemon_process() {
-    if std::env::var_os(daemon_under_test::DAEMON_ENV).is_some() {
+    if std::env::var_os(testbed::daemon_under_test::DAEMON_ENV).is_some() {
         return; // already the external run: no recursion
     }
-    daemon_under_test::run_suite_against_separate_daemon(
-        "separate_daemon_process",
+    testbed::daemon_under_test::run_suite_against_separate_daemon(
+        "model",
+        "model::separate_daemon_process",
         "model_against_a_separate_daemon_process",
         None,
         &[GUEST],

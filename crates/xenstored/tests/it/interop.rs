@@ -7,15 +7,13 @@
 //! The tools are installed by `scripts/install-deps`; without them the tests
 //! skip, unless DISKSEQ_REQUIRE_ALL=1, where they fail.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{require_all, Bed, GUEST};
+use crate::common::{require_all, Bed, GUEST};
 use xenstore::{Errno, Perms};
 
 /// Whether the tools are present; panics under DISKSEQ_REQUIRE_ALL=1 when

@@ -17,15 +17,13 @@
 //! 4.17 through the relay guest (`model.rs`, `guest_xsa_…`, scenario
 //! `xs-suites-real`).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{arg, args, Raw};
+use crate::common::{arg, args, Raw};
 use xenstore::wire::{Errno, Message, MsgType};
 use xenstore::{Client, Perms};
 
@@ -50,7 +48,7 @@ impl Daemon {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "serve_daemon_process", "--nocapture"])
+            .args(["--exact", "advisories::serve_daemon_process", "--nocapture"])
             .env(SERVE_ENV, dir.path())
             .stdout(Stdio::null())
             .spawn()

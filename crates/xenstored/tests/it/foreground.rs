@@ -31,7 +31,7 @@ fn spawn(socket: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "foreground_child",
+            "foreground::foreground_child",
             "--nocapture",
             "--test-threads=1",
         ])

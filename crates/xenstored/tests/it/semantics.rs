@@ -1,11 +1,9 @@
 //! The daemon's protocol semantics against the C xenstored's: watches,
 //! transactions, domains, directory paging — over real sockets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{arg, args, Bed, Raw, GUEST};
+use crate::common::{arg, args, Bed, Raw, GUEST};
 use xenstore::wire::MsgType;
 use xenstore::{Errno, WatchEvent};
 

@@ -26,8 +26,6 @@
 //! write, a reply one a value the guest may write (its entry-size quota);
 //! beyond that the relay answers E2BIG in the daemon's place.
 
-#![allow(dead_code)]
-
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -189,14 +187,19 @@ fn sort_guest_frames(mut reader: Reader, replies: mpsc::Sender<Vec<u8>>, mut eve
 }
 
 /// Holding this, a test has the agent of its process to itself: the agent
-/// has one connection, so relayed connections take turns.
-pub struct RelayTurn(MutexGuard<'static, ()>);
+/// has one connection, so relayed connections take turns. The turn ends
+/// when this is dropped (the guard is held for that alone).
+pub struct RelayTurn {
+    _held: MutexGuard<'static, ()>,
+}
 
 static TURN: Mutex<()> = Mutex::new(());
 
 impl RelayTurn {
     pub fn take() -> Self {
-        RelayTurn(TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        RelayTurn {
+            _held: TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+        }
     }
 }
 
