@@ -2,8 +2,6 @@
 //! directory, and a raw frame-level connection for requests no well-behaved
 //! client would send.
 
-#![allow(dead_code)]
-
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
