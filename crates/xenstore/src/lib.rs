@@ -11,7 +11,7 @@ pub mod path;
 pub mod perms;
 pub mod wire;
 
-pub use client::{Client, Error, ErrorKind, Store, Transaction, WatchEvent};
+pub use client::{Client, Error, ErrorKind, Scope, Session, Transaction, WatchEvent};
 pub use path::{PathError, XsPath};
 pub use perms::{Perm, PermAccess, Perms, PermsError};
 pub use wire::{Errno, Message, MsgType};

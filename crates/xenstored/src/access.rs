@@ -18,8 +18,8 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// A dom0 (privileged) caller.
-    #[cfg(test)]
+    /// A dom0 (privileged) caller; also the daemon acting on its own
+    /// (RELEASE's cleanup).
     pub const DOM0: Caller = Caller {
         domid: 0,
         privileged: true,

@@ -27,6 +27,7 @@ mod domains;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ops;
+mod release;
 mod server;
 mod store;
 mod trace;

@@ -1,17 +1,59 @@
-//! Transactions: the same node operations, tagged with a transaction id.
+//! Transactions: a [`Session`] whose requests carry a transaction id, plus
+//! what only a transaction does — pipelined batches, commit with retry,
+//! abort on drop.
 
-use super::store::ops;
-use super::{Client, Error, ErrorKind, Result};
-use crate::perms::Perms;
+use super::engine::BatchRequest;
+use super::nodes::{checked, not_found_as_none, sealed, Scope, Session};
+use super::{engine, Client, Engine, Error, ErrorKind, Result};
 use crate::wire::{self, Errno, MsgType};
 
 /// An open transaction on a [`Client`]. Its writes are invisible to others
-/// until [`commit`](Self::commit); dropping it uncommitted aborts it.
+/// until [`commit`](Session::commit); dropping it uncommitted aborts it.
+/// Its node operations are [`Session`]'s, as a client's.
+pub type Transaction<'c> = Session<InTransaction<'c>>;
+
+/// The [`Scope`] of a [`Transaction`]: the client it runs on and the id the
+/// daemon gave it.
 #[derive(Debug)]
-pub struct Transaction<'c> {
+pub struct InTransaction<'c> {
     client: &'c mut Client,
     id: u32,
     finished: bool,
+}
+
+impl Scope for InTransaction<'_> {}
+
+impl sealed::Route for InTransaction<'_> {
+    fn route(&mut self) -> (&mut Engine, u32) {
+        (&mut self.client.scope, self.id)
+    }
+}
+
+impl InTransaction<'_> {
+    fn end(&mut self, commit: bool) -> Result<()> {
+        self.finished = true;
+        let reply = self.client.scope.request(
+            MsgType::TransactionEnd,
+            self.id,
+            wire::transaction_end_payload(commit),
+            None,
+        )?;
+        check_end_reply(&reply)
+    }
+
+    fn request_many(&mut self, requests: &[BatchRequest<'_>]) -> Result<engine::Outcomes> {
+        self.client.scope.request_many(self.id, requests)
+    }
+}
+
+impl Drop for InTransaction<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Best effort: if the connection is gone the daemon drops the
+            // transaction with it.
+            let _ = self.end(false);
+        }
+    }
 }
 
 impl<'c> Transaction<'c> {
@@ -19,56 +61,35 @@ impl<'c> Transaction<'c> {
     pub const MAX_ATTEMPTS: u32 = 32;
 
     pub(crate) fn new(client: &'c mut Client, id: u32) -> Self {
-        Transaction {
-            client,
-            id,
-            finished: false,
+        Session {
+            scope: InTransaction {
+                client,
+                id,
+                finished: false,
+            },
         }
+    }
+
+    /// The id in a TRANSACTION_START reply.
+    pub(crate) fn id_from_reply(reply: &[u8]) -> Result<u32> {
+        let text = engine::single_string(MsgType::TransactionStart, None, reply)?;
+        text.parse::<u32>()
+            .ok()
+            .filter(|id| *id != 0)
+            .ok_or_else(|| {
+                Error::for_request(
+                    MsgType::TransactionStart,
+                    None,
+                    ErrorKind::Protocol(format!(
+                        "transaction id {text:?} is not a non-zero number"
+                    )),
+                )
+            })
     }
 
     /// The id the daemon gave this transaction.
     pub fn id(&self) -> u32 {
-        self.id
-    }
-
-    pub fn read(&mut self, path: &str) -> Result<Vec<u8>> {
-        ops::read(self.client, self.id, path)
-    }
-
-    pub fn read_opt(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
-        ops::read_opt(self.client, self.id, path)
-    }
-
-    pub fn read_string(&mut self, path: &str) -> Result<String> {
-        ops::read_string(self.client, self.id, path)
-    }
-
-    pub fn write(&mut self, path: &str, value: impl AsRef<[u8]>) -> Result<()> {
-        ops::write(self.client, self.id, path, value.as_ref())
-    }
-
-    pub fn mkdir(&mut self, path: &str) -> Result<()> {
-        ops::mkdir(self.client, self.id, path)
-    }
-
-    pub fn rm(&mut self, path: &str) -> Result<()> {
-        ops::rm(self.client, self.id, path)
-    }
-
-    pub fn directory(&mut self, path: &str) -> Result<Vec<String>> {
-        ops::directory(self.client, self.id, path)
-    }
-
-    pub fn get_perms(&mut self, path: &str) -> Result<Perms> {
-        ops::get_perms(self.client, self.id, path)
-    }
-
-    pub fn set_perms(&mut self, path: &str, perms: &Perms) -> Result<()> {
-        ops::set_perms(self.client, self.id, path, perms)
-    }
-
-    pub fn exists(&mut self, path: &str) -> Result<bool> {
-        Ok(self.read_opt(path)?.is_some())
+        self.scope.id
     }
 
     /// Reads several nodes in one round trip: all requests are sent before
@@ -76,10 +97,10 @@ impl<'c> Transaction<'c> {
     /// is the first such error, in path order.
     pub fn read_many(&mut self, paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
         let requests = path_requests(MsgType::Read, paths)?;
-        self.client
-            .request_many(self.id, &requests)?
+        self.scope
+            .request_many(&requests)?
             .into_iter()
-            .map(ops::not_found_as_none)
+            .map(not_found_as_none)
             .collect()
     }
 
@@ -88,8 +109,8 @@ impl<'c> Transaction<'c> {
     /// returned after all replies are in.
     pub fn write_many(&mut self, items: &[(&str, &[u8])]) -> Result<()> {
         let requests = write_requests(items)?;
-        self.client
-            .request_many(self.id, &requests)?
+        self.scope
+            .request_many(&requests)?
             .into_iter()
             .try_for_each(|outcome| outcome.map(drop))
     }
@@ -99,8 +120,8 @@ impl<'c> Transaction<'c> {
     /// returned after all replies are in.
     pub fn rm_many(&mut self, paths: &[&str]) -> Result<()> {
         let requests = path_requests(MsgType::Rm, paths)?;
-        self.client
-            .request_many(self.id, &requests)?
+        self.scope
+            .request_many(&requests)?
             .into_iter()
             .try_for_each(|outcome| outcome.map(drop))
     }
@@ -119,11 +140,11 @@ impl<'c> Transaction<'c> {
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let mut requests = path_requests(MsgType::Read, reads)?;
         requests.extend(write_requests(writes)?);
-        let mut outcomes = self.client.request_many(self.id, &requests)?;
+        let mut outcomes = self.scope.request_many(&requests)?;
         let write_outcomes = outcomes.split_off(reads.len());
         let values = outcomes
             .into_iter()
-            .map(ops::not_found_as_none)
+            .map(not_found_as_none)
             .collect::<Result<Vec<_>>>()?;
         write_outcomes
             .into_iter()
@@ -144,11 +165,11 @@ impl<'c> Transaction<'c> {
             wire::transaction_end_payload(true),
             "",
         ));
-        self.finished = true;
-        let mut outcomes = self.client.request_many(self.id, &requests)?;
+        self.scope.finished = true;
+        let mut outcomes = self.scope.request_many(&requests)?;
         let end = outcomes.pop().expect("one outcome per request");
         check_end_reply(&end?)?;
-        outcomes.into_iter().map(ops::not_found_as_none).collect()
+        outcomes.into_iter().map(not_found_as_none).collect()
     }
 
     /// Runs `f` in this transaction and commits it; when the commit fails
@@ -168,17 +189,18 @@ impl<'c> Transaction<'c> {
                 Err(e) => {
                     // The closure's error is what matters; a failed abort
                     // only means the daemon already dropped the transaction.
-                    let _ = self.end(false);
+                    let _ = self.scope.end(false);
                     return Err(e);
                 }
             };
-            match self.end(true) {
+            match self.scope.end(true) {
                 Ok(()) => return Ok(value),
                 Err(e) if e.errno() == Some(Errno::EAGAIN) && attempt < Self::MAX_ATTEMPTS => {
                     super::retry_pause(attempt);
                     attempt += 1;
-                    self.id = self.client.start_transaction()?.detach();
-                    self.finished = false;
+                    let scope = &mut self.scope;
+                    scope.id = scope.client.start_transaction()?.detach();
+                    scope.finished = false;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -187,30 +209,19 @@ impl<'c> Transaction<'c> {
 
     /// The id, with the transaction left open: the caller takes it over.
     fn detach(mut self) -> u32 {
-        self.finished = true;
-        self.id
+        self.scope.finished = true;
+        self.scope.id
     }
 
     /// Commits. EAGAIN means another client changed a node this transaction
     /// read or wrote; nothing was applied and the work must be redone.
     pub fn commit(mut self) -> Result<()> {
-        self.end(true)
+        self.scope.end(true)
     }
 
     /// Discards the transaction's changes.
     pub fn abort(mut self) -> Result<()> {
-        self.end(false)
-    }
-
-    fn end(&mut self, commit: bool) -> Result<()> {
-        self.finished = true;
-        let reply = self.client.request(
-            MsgType::TransactionEnd,
-            self.id,
-            wire::transaction_end_payload(commit),
-            None,
-        )?;
-        check_end_reply(&reply)
+        self.scope.end(false)
     }
 }
 
@@ -229,20 +240,6 @@ fn check_end_reply(reply: &[u8]) -> Result<()> {
     Ok(())
 }
 
-impl Drop for Transaction<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            // Best effort: if the connection is gone the daemon drops the
-            // transaction with it.
-            let _ = self.end(false);
-        }
-    }
-}
-
-/// One pipelined request of a batch: its type, payload and the path it
-/// names (for errors).
-type BatchRequest<'p> = (MsgType, Vec<u8>, &'p str);
-
 /// The requests of a batch whose payload is just a path (READ, RM), every
 /// path validated before anything is sent, so an invalid one fails the
 /// whole batch without a round trip.
@@ -250,7 +247,7 @@ fn path_requests<'p>(kind: MsgType, paths: &[&'p str]) -> Result<Vec<BatchReques
     paths
         .iter()
         .map(|path| {
-            ops::checked(kind, path)?;
+            checked(kind, path)?;
             Ok((kind, wire::path_payload(path), *path))
         })
         .collect()
@@ -261,7 +258,7 @@ fn write_requests<'p>(items: &[(&'p str, &[u8])]) -> Result<Vec<BatchRequest<'p>
     items
         .iter()
         .map(|(path, value)| {
-            ops::checked(MsgType::Write, path)?;
+            checked(MsgType::Write, path)?;
             Ok((MsgType::Write, wire::write_payload(path, value), *path))
         })
         .collect()

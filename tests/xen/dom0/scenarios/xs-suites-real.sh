@@ -1,14 +1,17 @@
 # Scenario 5 (the suites): our xenstore test suites — the client's
-# (crates/xenstore/tests/client_daemon.rs) and the daemon's model-based
-# sequences (crates/xenstored/tests/model.rs) — run as the built test
-# binaries against the real C xenstored of this dom0 (over its socket and
-# over /dev/xen/xenbus) and against ours started here
-# on its own socket. Both suites' guest_ tests run against the C
+# (crates/xenstore/tests/it/client_daemon.rs, module client_daemon of the
+# test binary xenstore_it) and the daemon's model-based sequences
+# (crates/xenstored/tests/it/model.rs, module model of xenstored_it) — run
+# as the built test binaries, each filtered to its suite's module, against
+# the real C xenstored of this dom0 (over its socket and over
+# /dev/xen/xenbus) and against ours started here on its own socket. Both suites' guest_ tests run against the C
 # daemon with a real PV guest's connection: the guest runs the suite binary
 # as a relay agent on its own /dev/xen/xenbus (tests/xen/guest/relay-init),
 # and the suite in dom0 reaches it as XENSTORE_TEST_GUESTS=<domid>=relay.
 # Every selected test must pass against each daemon; the per-suite counts
-# are figures.
+# are figures. One positional filter selects the suite (libtest runs a test
+# matching any of several filters, so the guest runs use one filter,
+# `<suite>::guest_`).
 #
 # Arguments: [model sequences per run] (PROPTEST_CASES, default 100).
 # shellcheck shell=bash
@@ -29,7 +32,7 @@ OURS=$OURS_DIR/socket
 # The guest domain our daemon simulates (a socket whose connections are that
 # unprivileged domain), so the guest tests run against ours here too.
 OURS_GUEST=5
-# Where every test keeps its nodes (crates/xenstored/tests/common/daemon_under_test.rs).
+# Where every test keeps its nodes (crates/testbed/src/daemon_under_test.rs).
 TEST_ROOT=/local/domain/0/diskseq-test
 
 # Tests that re-execute the binary to serve our daemon in another process:
@@ -83,20 +86,20 @@ run_suite() {
 all_ran_and_passed() { [ "$1" = 0 ] && [ "$2" = "$3" ] && [ "$3" -gt 0 ]; }
 
 xt_evidence "left out of the dom0-only runs against the C daemon:$(
-    "$BIN/client_daemon" --list "${SELF_TESTS[@]}" 2>/dev/null | grep -E '^(guest_|no_hypervisor_)' | sed 's/: test$//' | tr '\n' ' '
+    "$BIN/xenstore_it" --list client_daemon:: "${SELF_TESTS[@]}" 2>/dev/null | grep -E '^client_daemon::(guest_|no_hypervisor_)' | sed 's/: test$//' | tr '\n' ' '
 ) (guest_: run through the relay guest; no_hypervisor_: introduces a domain that does not exist)"
 
-run_suite client-c-socket client_daemon "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
+run_suite client-c-socket xenstore_it "$REAL" xen client_daemon:: "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
 # own_connection_ tests reset the whole connection: over the device that is
 # the dom0 kernel's, with blkback's watches on it.
-run_suite client-c-xenbus client_daemon "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}" --skip own_connection_
-run_suite client-ours client_daemon "$OURS" diskseq "${SELF_TESTS[@]}"
-run_suite model-c-socket model "$REAL" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
+run_suite client-c-xenbus xenstore_it "$XENBUS" xen client_daemon:: "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}" --skip own_connection_
+run_suite client-ours xenstore_it "$OURS" diskseq client_daemon:: "${SELF_TESTS[@]}"
+run_suite model-c-socket xenstored_it "$REAL" xen model:: "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
 # The model's breadth is the socket run's; over the device and against ours
 # (which every `cargo test` runs with 200 sequences) a fifth of the
 # sequences check the transport and the separate process.
-SUITE_CASES=$((CASES / 5 + 1)) run_suite model-c-xenbus model "$XENBUS" xen "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
-SUITE_CASES=$((CASES / 5 + 1)) run_suite model-ours model "$OURS" diskseq "${SELF_TESTS[@]}"
+SUITE_CASES=$((CASES / 5 + 1)) run_suite model-c-xenbus xenstored_it "$XENBUS" xen model:: "${SELF_TESTS[@]}" "${C_ONLY_SKIPS[@]}"
+SUITE_CASES=$((CASES / 5 + 1)) run_suite model-ours xenstored_it "$OURS" diskseq model:: "${SELF_TESTS[@]}"
 
 # The guest_ tests against the C daemon, with a real PV guest's connection.
 relay_name=xs-relay
@@ -134,10 +137,10 @@ done
 if xenstore-exists "$ready" 2>/dev/null; then
     xt_figure relay_guest_ready_seconds "$(awk -v ms=$(($(ms_now) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')"
     # One test at a time: relayed connections take turns anyway.
-    GUESTS="$domid=relay" THREADS=1 run_suite client-c-guest client_daemon "$REAL" xen "${SELF_TESTS[@]}" guest_
+    GUESTS="$domid=relay" THREADS=1 run_suite client-c-guest xenstore_it "$REAL" xen "${SELF_TESTS[@]}" client_daemon::guest_
     # The daemon's guest_ tests: the quota re-check at commit and the
     # transaction-nodes quota (XSA-326), through the same relay.
-    GUESTS="$domid=relay" THREADS=1 run_suite model-c-guest model "$REAL" xen "${SELF_TESTS[@]}" guest_
+    GUESTS="$domid=relay" THREADS=1 run_suite model-c-guest xenstored_it "$REAL" xen "${SELF_TESTS[@]}" model::guest_
 else
     xt_fail_check "the relay agent in guest ${domid:-?} never wrote $ready"
 fi

@@ -1,0 +1,279 @@
+//! Watches: registering and removing them, and the queue of events a
+//! client hands out in the order the daemon sent them.
+//!
+//! Events met while the engine waits for a reply are queued
+//! ([`EventQueue`]); [`Client::next_event`] drains the queue before it
+//! reads from the daemon, so none is lost or reordered. Removing a watch
+//! also drops its queued events, as libxenstore does, so none arrives
+//! after `unwatch` returns.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::engine::Outcomes;
+use super::nodes::{checked, not_found_as_none};
+use super::{Client, Error, ErrorKind, Result, Transaction};
+use crate::path::XsPath;
+use crate::wire::{self, MsgType};
+
+/// A watch firing: the changed path (relative when the watch was registered
+/// relative) and the token given to [`Client::watch`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WatchEvent {
+    pub path: String,
+    pub token: String,
+}
+
+/// Events read while waiting for replies, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct EventQueue(VecDeque<WatchEvent>);
+
+impl EventQueue {
+    pub(crate) fn push(&mut self, event: WatchEvent) {
+        self.0.push_back(event);
+    }
+
+    fn pop(&mut self) -> Option<WatchEvent> {
+        self.0.pop_front()
+    }
+
+    /// Drops the queued events of the watch on `path` with `token`.
+    fn forget_watch(&mut self, path: &str, token: &str) {
+        self.0
+            .retain(|e| !(e.token == token && event_is_under(&e.path, path)));
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Client {
+    /// Registers a watch on `path` (absolute, relative or special). The daemon
+    /// fires it once at once; that event arrives through
+    /// [`next_event`](Self::next_event) like every other.
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<()> {
+        check_token(MsgType::Watch, path, token)?;
+        self.engine()
+            .request(
+                MsgType::Watch,
+                0,
+                wire::watch_payload(path, token),
+                Some(path),
+            )
+            .map(drop)
+    }
+
+    /// Registers `watches` (path, token) and then reads `paths`, all in one
+    /// round trip. A read that follows the registration cannot miss a
+    /// change: either it sees the new value or the watch fires after it.
+    /// Missing nodes are `None`; the first failure, in order, is returned.
+    pub fn watch_and_read_many(
+        &mut self,
+        watches: &[(&str, &str)],
+        paths: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let (outcomes, _) = self.watch_read_batch(watches, paths, Vec::new())?;
+        watched_values(outcomes, watches.len())
+    }
+
+    /// Registers `watches`, reads `paths` outside any transaction and
+    /// starts a transaction, all in one round trip: for a caller that must
+    /// act on some values (open a device, say) before the transaction that
+    /// publishes the outcome, and re-reads them there to make them part of
+    /// what the commit checks. Every watch is registered before the reads
+    /// are answered, so a later change is either in the value read or
+    /// fires the watch after it. Missing nodes are `None`; the first
+    /// failure, in order, is returned (and the transaction, if started,
+    /// aborted).
+    pub fn watch_read_and_start_transaction(
+        &mut self,
+        watches: &[(&str, &str)],
+        paths: &[&str],
+    ) -> Result<(Vec<Option<Vec<u8>>>, Transaction<'_>)> {
+        let start = (MsgType::TransactionStart, b"\0".to_vec(), "");
+        let (outcomes, mut tail) = self.watch_read_batch(watches, paths, vec![start])?;
+        // Started or not, the transaction is only handed out (or aborted on
+        // drop) once the other replies are known to be good.
+        let started = tail.pop().ok_or_else(|| {
+            Error::for_request(
+                MsgType::TransactionStart,
+                None,
+                ErrorKind::Protocol("no outcome for TRANSACTION_START".into()),
+            )
+        })?;
+        let id = started.and_then(|reply| Transaction::id_from_reply(&reply))?;
+        let tx = Transaction::new(self, id);
+        let values = watched_values(outcomes, watches.len())?;
+        Ok((values, tx))
+    }
+
+    /// One pipelined batch: `watches`, then reads of `paths`, then `tail`
+    /// (requests outside any transaction). The outcomes of the watches and
+    /// reads, in order, and those of `tail`.
+    fn watch_read_batch(
+        &mut self,
+        watches: &[(&str, &str)],
+        paths: &[&str],
+        tail: Vec<(MsgType, Vec<u8>, &str)>,
+    ) -> Result<(Outcomes, Outcomes)> {
+        for (path, token) in watches {
+            check_token(MsgType::Watch, path, token)?;
+        }
+        for path in paths {
+            checked(MsgType::Read, path)?;
+        }
+        let tail_len = tail.len();
+        let requests: Vec<_> = watches
+            .iter()
+            .map(|(path, token)| (MsgType::Watch, wire::watch_payload(path, token), *path))
+            .chain(
+                paths
+                    .iter()
+                    .map(|path| (MsgType::Read, wire::path_payload(path), *path)),
+            )
+            .chain(tail)
+            .collect();
+        let mut outcomes = self.engine().request_many(0, &requests)?;
+        let tail = outcomes.split_off(outcomes.len() - tail_len);
+        Ok((outcomes, tail))
+    }
+
+    /// Removes a watch and drops its events still queued here, as
+    /// libxenstore does, so none arrives after `unwatch` returns.
+    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<()> {
+        check_token(MsgType::Unwatch, path, token)?;
+        let engine = self.engine();
+        engine.request(
+            MsgType::Unwatch,
+            0,
+            wire::watch_payload(path, token),
+            Some(path),
+        )?;
+        engine.events.forget_watch(path, token);
+        Ok(())
+    }
+
+    /// Removes every watch of this connection, and the queued events.
+    pub fn reset_watches(&mut self) -> Result<()> {
+        let engine = self.engine();
+        engine.request(MsgType::ResetWatches, 0, Vec::new(), None)?;
+        engine.events.clear();
+        Ok(())
+    }
+
+    /// The next watch event: a queued one first, else one read from the
+    /// daemon within `timeout` (`None`: wait forever). `Ok(None)` on timeout.
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<WatchEvent>> {
+        let engine = self.engine();
+        if let Some(event) = engine.events.pop() {
+            return Ok(Some(event));
+        }
+        // A timeout too large to add to now means: wait forever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        engine.recv_event(deadline)
+    }
+
+    /// A blocking iterator over watch events; ends after the first error.
+    pub fn events(&mut self) -> Events<'_> {
+        Events {
+            client: self,
+            failed: false,
+        }
+    }
+
+    /// Number of events already received and queued.
+    pub fn pending_events(&self) -> usize {
+        self.scope.events.len()
+    }
+}
+
+/// The read values of a watch-and-read batch whose first `watches`
+/// outcomes are registrations: the first failure, in order, or the values
+/// (missing nodes `None`).
+fn watched_values(mut outcomes: Outcomes, watches: usize) -> Result<Vec<Option<Vec<u8>>>> {
+    let reads = outcomes.split_off(watches);
+    outcomes
+        .into_iter()
+        .try_for_each(|outcome| outcome.map(drop))?;
+    reads.into_iter().map(not_found_as_none).collect()
+}
+
+/// Blocking iterator over a client's watch events.
+#[derive(Debug)]
+pub struct Events<'c> {
+    client: &'c mut Client,
+    failed: bool,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Result<WatchEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.client.next_event(None) {
+            Ok(event) => event.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn check_token(t: MsgType, path: &str, token: &str) -> Result<()> {
+    XsPath::validate_request(path).map_err(|e| Error::for_request(t, Some(path), e))?;
+    if token.as_bytes().contains(&0) {
+        return Err(Error::for_request(
+            t,
+            Some(path),
+            ErrorKind::InvalidArgument(format!("watch token {token:?} contains a NUL byte")),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an event path belongs to a watch on `watch_path` (both written
+/// the same way, absolute or relative).
+fn event_is_under(event_path: &str, watch_path: &str) -> bool {
+    event_path == watch_path
+        || watch_path == "/"
+        || event_path
+            .strip_prefix(watch_path)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+pub(crate) fn parse_event(payload: &[u8]) -> Option<WatchEvent> {
+    let mut fields = wire::fields(payload);
+    let path = std::str::from_utf8(fields.next()?).ok()?.to_owned();
+    let token = std::str::from_utf8(fields.next()?).ok()?.to_owned();
+    Some(WatchEvent { path, token })
+}
+
+pub(crate) fn bad_event(payload: &[u8]) -> ErrorKind {
+    ErrorKind::Protocol(format!(
+        "malformed watch event {:?}",
+        String::from_utf8_lossy(payload)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_event_subtree_rule_for_queued_events() {
+        assert!(event_is_under("/a", "/a"));
+        assert!(event_is_under("/a/b", "/a"));
+        assert!(!event_is_under("/ab", "/a"));
+        assert!(event_is_under("/x", "/"));
+        assert!(event_is_under("device/vbd", "device"));
+        assert!(event_is_under("@releaseDomain", "@releaseDomain"));
+    }
+}
