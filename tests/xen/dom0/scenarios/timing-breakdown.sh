@@ -126,11 +126,9 @@ for ((i = 1; i <= cycles; i++)); do
             adds[$name]+="$r_add "
             removes[$name]+="$r_rem "
             xt_evidence "cycle $i $name: script add $r_add ms, remove $r_rem ms"
-            if [ "$name" = packaged ]; then
-                # The script's own stamps against the wrapper's clock.
-                xt_evidence_cmd "cycle $i wrapper" cat "$XT_STATE/script-runs"
-                xt_evidence_cmd "cycle $i log" grep block-diskseq "$hotplug_log"
-            fi
+            # The script's own stamps against the wrapper's clock.
+            xt_evidence_cmd "cycle $i $name wrapper" cat "$XT_STATE/script-runs"
+            xt_evidence_cmd "cycle $i $name log" grep block-diskseq "$hotplug_log"
         else
             xt_evidence "cycle $i $name failed"
             xt_evidence_cmd "xl" cat "$XT_STATE/breakdown.out"
