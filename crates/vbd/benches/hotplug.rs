@@ -11,6 +11,8 @@
 //! external program, with concurrency. Run through `bench/hotplug/run.sh`,
 //! which builds the release binary, unpacks the stock script and sets
 //! `BLOCK_DISKSEQ_BIN` and `STOCK_BLOCK_SCRIPT`. Needs root (loop devices).
+//! `BLOCK_DISKSEQ_BASELINE_BIN` adds another build of the script (say, the
+//! previous commit's), measured in turns with this one.
 
 #[path = "../tests/hotplug_support/mod.rs"]
 mod hotplug_support;
@@ -92,6 +94,17 @@ fn main() {
             env: &[],
         },
     ];
+    if let Some(baseline) = std::env::var_os("BLOCK_DISKSEQ_BASELINE_BIN") {
+        // Another build of block-diskseq (e.g. the previous commit's),
+        // interleaved with this one in the same case: a before/after
+        // comparison that a change in the machine's load cannot skew.
+        scripts.push(Script {
+            name: "block-diskseq baseline build (backend without the check)",
+            path: baseline.into(),
+            backend: BackendKind::None,
+            env: &[],
+        });
+    }
     if let Some(stock) = std::env::var_os("STOCK_BLOCK_SCRIPT") {
         // Stock blkback checks nothing and writes no `opened`: measured
         // interleaved with ours in the same case (a backend without the
