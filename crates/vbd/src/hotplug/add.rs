@@ -1,10 +1,11 @@
 //! `add`: read the inputs, open the target once, check sharing, publish the
 //! record in one transaction, then hold the device until the backend has it.
 //!
-//! The xenstore work is laid out for the fewest requests: on real Xen each
-//! request to the C xenstored costs about as much as a round trip (the
-//! daemon serves one request per loop iteration; docs/real-xen.md, "Issue
-//! 10 on real Xen"). The publishing transaction is started first (1), the
+//! The xenstore work is laid out for few requests as well as few round
+//! trips: in a PV dom0 every system call, the daemon's and ours, goes
+//! through the hypervisor, and the C xenstored handles each request of a
+//! batch on its own (docs/real-xen.md, "Issue 10 on real Xen"). The
+//! publishing transaction is started first (1), the
 //! inputs are read inside it (2) — so the commit checks every input the
 //! script acts on: a toolstack rewriting one meanwhile makes the commit fail
 //! with EAGAIN, and the re-run's comparison with what was acted on fails —

@@ -81,9 +81,9 @@ pub struct Known {
 /// Registers the watches of [`watched_nodes`] and reads both nodes in one
 /// round trip (a read that follows the registration cannot miss a change),
 /// then [`wait_opened`]. Only the `opened` handoff needs watches, so `add`
-/// registers them here, after publishing, rather than on every run: on real
-/// Xen each request costs about a round trip, and a persistent device waits
-/// for nothing.
+/// registers them here, after publishing, rather than on every run: a
+/// persistent device waits for nothing, and on real Xen each request (and
+/// each watch event) costs the daemon and the script system calls.
 pub fn watch_and_wait_opened(
     client: &mut Client,
     backend: &BackendPath,

@@ -86,8 +86,7 @@ fn read_small(path: &Path) -> std::io::Result<String> {
         }
     }
     bytes.truncate(len);
-    String::from_utf8(bytes)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Whole loop disks in a `/proc/partitions` text: `(dev, name)`.
