@@ -1,22 +1,21 @@
 //! `add`: read the inputs, open the target once, check sharing, publish the
 //! record in one transaction, then hold the device until the backend has it.
 //!
-//! The xenstore work is laid out for few requests as well as few round
-//! trips: in a PV dom0 every system call, the daemon's and ours, goes
-//! through the hypervisor, and the C xenstored handles each request of a
-//! batch on its own (docs/real-xen.md, "Issue 10 on real Xen"). The
-//! publishing transaction is started first (1), the
-//! inputs are read inside it (2) — so the commit checks every input the
-//! script acts on: a toolstack rewriting one meanwhile makes the commit fail
-//! with EAGAIN, and the re-run's comparison with what was acted on fails —
-//! the device is opened and attached from those values, the record is
-//! written (3) and committed (4): 16 requests for a file with no other
-//! user, where reading the inputs before the transaction and again inside
-//! it took 26 (+ 2 watch events) in 3 round trips. A block device, or a
-//! file some other loop device is bound to, adds the reads of every other
-//! vbd's record (the sharing scan). Only a backend that checks `diskseq`
-//! gets a wait at all, and only it registers watches, after the commit
-//! (see `handoff`).
+//! The xenstore work is laid out for the fewest round trips the protocol
+//! allows. The first round trip registers the handoff watches, reads the
+//! inputs and starts the publishing transaction (a transaction id is only
+//! known from its START reply, so nothing of the transaction can ride with
+//! it). The device is then opened and attached from those values. The
+//! transaction reads the inputs again — so every input the script acted on
+//! is part of what the commit checks: a toolstack rewriting one meanwhile
+//! makes the commit fail, or the comparison with what was acted on does —
+//! and writes the record in the same batch (2), then commits (3). A file
+//! with no other user is published in those three round trips; a block
+//! device, or a file some other loop device is bound to, adds the reads of
+//! every other vbd's record (the sharing scan). The handoff then needs no
+//! round trip of its own: its watches were registered in the first, and the
+//! transaction's reads are its starting point. (Only a backend that checks
+//! `diskseq` gets a wait at all; see `handoff`.)
 //!
 //! Reading every other record inside the publishing transaction is what
 //! makes the sharing check race-free without a global lock: if another add
@@ -120,10 +119,12 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
     let backend = &cfg.backend;
     let paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    // The publishing transaction, and the inputs read inside it: the commit
-    // then checks every value the device is prepared from.
-    let mut tx = client.start_transaction()?;
-    let values = tx.read_many(&refs)?;
+    let watched = handoff::watched_nodes(backend);
+    let watches: Vec<(&str, &str)> = watched
+        .iter()
+        .map(|path| (path.as_str(), handoff::WATCH_TOKEN))
+        .collect();
+    let (values, tx) = client.watch_read_and_start_transaction(&watches, &refs)?;
     let Some(inputs) = Inputs::parse(backend, &values)? else {
         log.line("add: physical-device already present; nothing to do");
         return Ok(AddOutcome::AlreadyPresent);
@@ -164,10 +165,10 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
     } else {
         HostUsers::gather(cfg, &target)?
     };
-    if !publish(tx, backend, &inputs, &target, &host, log)? {
+    let Some(known) = publish(tx, backend, &inputs, &target, &host, log)? else {
         log.line("add: another run published physical-device first; dropping this device");
         return Ok(AddOutcome::AlreadyPresent);
-    }
+    };
     fault::point("after-publish");
     // One line (one write) for the record and, for a persistent device,
     // what becomes of it; each line's time stamp is the timeline.
@@ -194,7 +195,7 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
                 "add: holding the device until {} = 1",
                 node::OPENED
             ));
-            match handoff::watch_and_wait_opened(client, backend, cfg.timeout) {
+            match handoff::wait_opened(client, backend, cfg.timeout, known) {
                 Ok(waited) => {
                     log.line(format_args!(
                         "add: backend holds the device after {waited:?}"
@@ -349,17 +350,15 @@ fn check_waiting(backend: &BackendPath, raw_state: Option<&[u8]>) -> Result<(), 
     }
 }
 
-/// The publishing transaction, which already read the inputs: its first
-/// run, and any re-run after EAGAIN. False when another run published
-/// first.
+/// The publishing transaction, started in the first round trip: its first
+/// run, and any re-run after EAGAIN. `None` when another run published
+/// first; else the values of `opened` and `state` as of the commit, where
+/// the handoff wait starts.
 ///
-/// The first run reads nothing of ours again (this transaction read it);
-/// a file nobody else uses is then published by one batch of writes. With
-/// a sharing scan, one pipelined batch reads every other vbd's
-/// `physical-device` (and, in a re-run, our inputs again); then, only for
-/// records that name our disk, their `diskseq` and `mode` in a second batch
-/// (usually none); then the writes. A re-run without a scan sends its
-/// re-reads and the writes in one batch.
+/// Its reads, in one pipelined batch: our own inputs again and every other
+/// vbd's `physical-device`; then, only for records that name our disk, their
+/// `diskseq` and `mode` in a second batch (usually none). When no other vbd
+/// can hold the disk, the record's writes ride in the first batch.
 fn publish(
     tx: Transaction<'_>,
     backend: &BackendPath,
@@ -367,7 +366,7 @@ fn publish(
     target: &Target,
     host: &HostUsers,
     log: &mut Log,
-) -> Result<bool, HotplugError> {
+) -> Result<Option<handoff::Known>, HotplugError> {
     let record = target.record();
     let mut nodes = record.to_nodes();
     nodes.push((node::HOTPLUG_STATUS, b"connected".to_vec()));
@@ -380,64 +379,45 @@ fn publish(
         .map(|(p, v)| (p.as_str(), v.as_slice()))
         .collect();
     let check_sharing = !inputs.mode.sharing_waived();
-    // Without other vbds to read, a re-run's writes go out in the same
-    // batch as its re-reads (one round trip instead of two): the reads are
+    // Without other vbds to read, the record's writes go out in the same
+    // batch as the re-reads (one round trip instead of two): the reads are
     // answered before the writes are applied, and a check that fails
     // aborts the transaction, which discards them.
     let scan = check_sharing && host.vbds_may_hold;
     let mut skipped = Vec::new();
     let mut attempts = 0u32;
-    let result = tx.run(|tx| -> Result<(), Halt> {
+    let result = tx.run(|tx| -> Result<handoff::Known, Halt> {
         attempts += 1;
         skipped.clear();
-        // The first run is in the transaction that read the inputs the
-        // device was prepared from: nothing of ours to read again. A re-run
-        // (after EAGAIN) is in a fresh transaction and reads them again.
-        let reread = attempts > 1;
         let others = if scan {
             holders::other_vbds(tx, backend)?
         } else {
             Vec::new()
         };
-        let mut paths: Vec<String> = if reread {
-            INPUT_NODES.iter().map(|n| backend.node(n)).collect()
-        } else {
-            Vec::new()
-        };
-        let own_len = paths.len();
+        let mut paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
         paths.extend(others.iter().map(|o| o.node(node::PHYSICAL_DEVICE)));
         let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
         let values = if scan {
-            if refs.is_empty() {
-                Vec::new()
-            } else {
-                tx.read_many(&refs)?
-            }
+            tx.read_many(&refs)?
         } else {
             fault::point("before-publish");
-            if reread {
-                tx.read_many_then_write(&refs, &items)?
-            } else {
-                tx.write_many(&items)?;
-                Vec::new()
-            }
+            tx.read_many_then_write(&refs, &items)?
         };
-        if reread {
-            let Some(now) = Inputs::parse(backend, &values[..own_len])? else {
-                return Err(Halt::PublishedByAnother);
-            };
-            if let Some(node) = now.changed_since(inputs) {
-                return Err(HotplugError::InputsChanged {
-                    backend: backend.dir(),
-                    node,
-                }
-                .into());
+        let own = &values[..INPUT_NODES.len()];
+        let Some(now) = Inputs::parse(backend, own)? else {
+            return Err(Halt::PublishedByAnother);
+        };
+        if let Some(node) = now.changed_since(inputs) {
+            return Err(HotplugError::InputsChanged {
+                backend: backend.dir(),
+                node,
             }
+            .into());
         }
 
         if check_sharing {
             let mut candidates = Vec::new();
-            for (other, raw) in others.iter().zip(&values[own_len..]) {
+            for (other, raw) in others.iter().zip(&values[INPUT_NODES.len()..]) {
                 match holders::same_disk_record(raw.as_deref(), host) {
                     Ok(Some(dev)) => candidates.push((other, dev)),
                     Ok(None) => {}
@@ -472,7 +452,10 @@ fn publish(
             fault::point("before-publish");
             tx.write_many(&items)?;
         }
-        Ok(())
+        Ok(handoff::Known {
+            opened: own[6].clone(),
+            state: own[4].clone(),
+        })
     });
     for line in &skipped {
         log.line(format_args!(
@@ -485,8 +468,8 @@ fn publish(
         ));
     }
     match result {
-        Ok(()) => Ok(true),
-        Err(Halt::PublishedByAnother) => Ok(false),
+        Ok(known) => Ok(Some(known)),
+        Err(Halt::PublishedByAnother) => Ok(None),
         Err(Halt::Failed(e)) => Err(e),
     }
 }

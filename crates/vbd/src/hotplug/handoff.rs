@@ -63,42 +63,23 @@ impl Handoff {
 /// The token of the handoff watches.
 pub const WATCH_TOKEN: &str = "block-diskseq-handoff";
 
-/// The nodes the wait watches: `opened` and `state`.
+/// The nodes the wait watches: `opened` and `state`. `add` registers the
+/// watches in its first round trip, before it knows which signal applies
+/// (a watch on a node that never changes costs nothing), so the wait needs
+/// no round trip of its own.
 pub fn watched_nodes(backend: &BackendPath) -> [String; 2] {
     [backend.node(node::OPENED), backend.node(node::STATE)]
 }
 
-/// `opened` and `state` as read after the watches of [`watched_nodes`]
-/// were registered.
+/// `opened` and `state` as the publishing transaction read them: their
+/// values at its commit, which came after the watches of
+/// [`watched_nodes`] were registered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Known {
     /// The `opened` node.
     pub opened: Option<Vec<u8>>,
     /// The `state` node.
     pub state: Option<Vec<u8>>,
-}
-
-/// Registers the watches of [`watched_nodes`] and reads both nodes in one
-/// round trip (a read that follows the registration cannot miss a change),
-/// then [`wait_opened`]. Only the `opened` handoff needs watches, so `add`
-/// registers them here, after publishing, rather than on every run: a
-/// persistent device waits for nothing, and on real Xen each request (and
-/// each watch event) costs the daemon and the script system calls.
-pub fn watch_and_wait_opened(
-    client: &mut Client,
-    backend: &BackendPath,
-    timeout: Duration,
-) -> Result<Duration, HotplugError> {
-    let watched = watched_nodes(backend);
-    let watches: Vec<(&str, &str)> = watched
-        .iter()
-        .map(|path| (path.as_str(), WATCH_TOKEN))
-        .collect();
-    let paths: Vec<&str> = watched.iter().map(String::as_str).collect();
-    let mut values = client.watch_and_read_many(&watches, &paths)?;
-    let state = values.pop().flatten();
-    let opened = values.pop().flatten();
-    wait_opened(client, backend, timeout, Known { opened, state })
 }
 
 /// Waits until the backend's `opened` node is "1" (it holds the device),
