@@ -7,7 +7,9 @@
 # probe a directory libxl did not create through the frontend), so the
 # loop device is attached persistent and `remove` detaches it. The packaged
 # binary, each /xentest/variants/<name>/block-diskseq and a static program
-# that does nothing (the floor) take turns run by run, each timed like the
+# that does nothing (the floor) take turns run by run (each turn starting
+# with the next build: in boots 3 and 4, with a fixed order, the build in
+# second place was the fastest each time), each timed like the
 # `timing` wrapper (`cmd & wait`, bash's $EPOCHREALTIME). Figures: medians,
 # and for each variant the share of runs where the packaged build was
 # faster in the same turn.
@@ -47,8 +49,12 @@ done
 : >"$XT_STATE/direct.out"
 fe=100
 failed=0
+count=${#names[@]}
 for ((i = 1; i <= runs; i++)); do
-    for name in "${names[@]}"; do
+    # Each turn starts with the next build: a place in the turn (first
+    # after the floor run, say) must not favour one build.
+    for ((k = 0; k < count; k++)); do
+        name=${names[$(((i + k) % count))]}
         fe=$((fe + 1))
         rel=backend/vbd/$fe/51712
         be=/local/domain/0/$rel
@@ -80,7 +86,8 @@ for name in "${names[@]}"; do
 done
 xt_evidence "start µs, empty static program: $(tr '\n' ' ' <"$XT_STATE/direct-add-floor")"
 xt_figure floor_empty_static_median_us "$(median <"$XT_STATE/direct-add-floor")"
-# Paired by turn: how often the packaged build's add beat each variant's.
+# Paired by turn (the files are in turn order): how often the packaged
+# build's add beat each variant's.
 for name in "${names[@]:1}"; do
     xt_figure "packaged_add_faster_than_${name}_in_turns" "$(paste -d' ' "$XT_STATE/direct-add-packaged" "$XT_STATE/direct-add-$name" |
         awk 'NF == 2 { n++; if ($1 < $2) w++ } END { printf "%d of %d", w, n }')"
