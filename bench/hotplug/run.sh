@@ -6,6 +6,8 @@
 #
 #   bench/hotplug/run.sh            # 30 sequential runs per script
 #   HOTPLUG_BENCH_RUNS=100 bench/hotplug/run.sh
+#   HOTPLUG_BENCH_BASELINE=<git revision> bench/hotplug/run.sh
+#                                   # also that revision's build, in turns
 #
 # The stock script comes from Debian's xen-utils-common. Its scripts are
 # unpacked into a cache dir rather than installed: the package depends on
@@ -70,6 +72,20 @@ else
     echo "block-diskseq: static-pie, glibc (rustup's $musl target is not available)"
 fi
 export STOCK_BLOCK_SCRIPT=$stock_dir/etc/xen/scripts/block
+
+# A before/after comparison in one run: the baseline revision's source
+# (git archive: no worktree registered) built the same way (musl) with its
+# own target directory, measured in turns with this one.
+if [ -n "${HOTPLUG_BENCH_BASELINE:-}" ]; then
+    base_tree=$cache/baseline-tree
+    rm -rf "$base_tree"
+    mkdir -p "$base_tree"
+    git archive "$HOTPLUG_BENCH_BASELINE" | tar -x -C "$base_tree"
+    (cd "$base_tree" && CARGO_TARGET_DIR=$cache/baseline-target \
+        cargo build --release --locked -p diskseq-cli --bin block-diskseq --target "$musl")
+    export BLOCK_DISKSEQ_BASELINE_BIN=$cache/baseline-target/$musl/release/block-diskseq
+    echo "baseline: block-diskseq of $(git rev-parse --short "$HOTPLUG_BENCH_BASELINE")"
+fi
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
 cargo bench --locked -p vbd --bench hotplug

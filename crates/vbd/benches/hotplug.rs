@@ -11,6 +11,8 @@
 //! external program, with concurrency. Run through `bench/hotplug/run.sh`,
 //! which builds the release binary, unpacks the stock script and sets
 //! `BLOCK_DISKSEQ_BIN` and `STOCK_BLOCK_SCRIPT`. Needs root (loop devices).
+//! `BLOCK_DISKSEQ_BASELINE_BIN` adds another build of the script (say, the
+//! previous commit's), measured in turns with this one.
 
 #[path = "../tests/it/support.rs"]
 #[allow(dead_code)] // the bench uses part of the tests' bed
@@ -93,6 +95,17 @@ fn main() {
             env: &[],
         },
     ];
+    if let Some(baseline) = std::env::var_os("BLOCK_DISKSEQ_BASELINE_BIN") {
+        // Another build of block-diskseq (e.g. the previous commit's),
+        // interleaved with this one in the same case: a before/after
+        // comparison that a change in the machine's load cannot skew.
+        scripts.push(Script {
+            name: "block-diskseq baseline build (backend without the check)",
+            path: baseline.into(),
+            backend: BackendKind::None,
+            env: &[],
+        });
+    }
     if let Some(stock) = std::env::var_os("STOCK_BLOCK_SCRIPT") {
         // Stock blkback checks nothing and writes no `opened`: measured
         // interleaved with ours in the same case (a backend without the
@@ -146,8 +159,12 @@ fn main() {
                 .spawn()
                 .expect("start the backend")
         });
-        for _ in 0..runs {
-            for &i in &group {
+        for run_index in 0..runs {
+            // Each turn starts with the next script: the first place in a
+            // turn (right after the stock script's run and its dozens of
+            // processes) measured 0.1-0.4 ms slower, whichever build held it.
+            for k in 0..group.len() {
+                let i = group[(run_index + k) % group.len()];
                 let script = &scripts[i];
                 let m = &mut measured[i];
                 let (image, backend, stand_in) = prepare(&bed, &mut next_fe, kind);

@@ -28,7 +28,7 @@
 //! ours, and a conflict is an EAGAIN at commit.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use xenstore::client::{Client, Transaction};
 
@@ -158,38 +158,37 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
         target.id().seq
     ));
 
-    let scan_start = Instant::now();
     let host = if inputs.mode.sharing_waived() {
         log.line("add: mode ! waives the sharing check");
         HostUsers::default()
     } else {
         HostUsers::gather(cfg, &target)?
     };
-    let publish_start = Instant::now();
     let Some(known) = publish(tx, backend, &inputs, &target, &host, log)? else {
         log.line("add: another run published physical-device first; dropping this device");
         return Ok(AddOutcome::AlreadyPresent);
     };
     fault::point("after-publish");
+    // One line (one write) for the record and, for a persistent device,
+    // what becomes of it; each line's time stamp is the timeline.
+    let persistent_loop = handoff == Handoff::Persistent && record.node.is_some();
     log.line(format_args!(
-        "add: published physical-device {} diskseq {} (hex {}); host scan {:?}, transaction {:?}",
+        "add: published physical-device {} diskseq {} (hex {}){}",
         record.physical_device.to_xenstore(),
         target.id().seq,
         target.id().seq.to_xenstore(),
-        publish_start - scan_start,
-        publish_start.elapsed(),
+        if persistent_loop {
+            format!(
+                "; {} stays attached until remove (the backend does not check diskseq)",
+                record.physical_device_path.display()
+            )
+        } else {
+            String::new()
+        },
     ));
 
     let waited = match handoff {
-        Handoff::Persistent => {
-            if record.node.is_some() {
-                log.line(format_args!(
-                    "add: {} stays attached until remove (the backend does not check diskseq)",
-                    record.physical_device_path.display()
-                ));
-            }
-            Duration::ZERO
-        }
+        Handoff::Persistent => Duration::ZERO,
         Handoff::Opened => {
             log.line(format_args!(
                 "add: holding the device until {} = 1",

@@ -7,6 +7,7 @@
 //! our commit fail and the check run again with its record in view.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 
 use diskseq::{DevNum, DiskSeq};
 use xenstore::client::Transaction;
@@ -24,8 +25,10 @@ use crate::schema::{self, node, BackendPath, Mode};
 #[derive(Debug, Default)]
 pub struct HostUsers {
     /// Device instances that count as "the same disk": ours, its partitions
-    /// or parent disk, and other loop devices bound to the same file.
-    pub same_disk: HashMap<DevNum, DiskSeq>,
+    /// or parent disk, and other loop devices bound to the same file. (A
+    /// fixed hasher: the keys are the kernel's, and std's random one costs
+    /// a `getrandom` per run.)
+    pub same_disk: HashMap<DevNum, DiskSeq, BuildHasherDefault<DefaultHasher>>,
     /// Host mounts of any of those.
     pub mounts: Vec<Holder>,
     /// Devices the host stacked on any of those (dm, md).

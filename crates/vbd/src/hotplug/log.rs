@@ -5,7 +5,7 @@
 //! Logging never fails the script: if the file cannot be opened the line
 //! goes to stderr, which libxl captures too.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -102,8 +102,17 @@ fn rfc3339_utc(since_epoch: Duration) -> String {
     )
 }
 
+/// `O_APPEND | O_CREAT`, opened with one system call (std's open adds
+/// musl's `fcntl(FD_CLOEXEC)`; on real Xen each call counts).
 fn open_append(path: &Path) -> Option<File> {
-    OpenOptions::new().append(true).create(true).open(path).ok()
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )
+    .ok()
+    .map(File::from)
 }
 
 #[cfg(test)]

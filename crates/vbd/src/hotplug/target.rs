@@ -134,11 +134,12 @@ pub fn open(
                 }
                 e => io("opening", e),
             })?;
-            let id = FileId::of(&fd).map_err(|e| HotplugError::Io {
-                path: params.to_owned(),
-                op: "fstat",
-                source: e,
-            })?;
+            // `/proc/self/fd/N` reopened the inode `stat` describes: its
+            // identity needs no second `fstat`.
+            let id = FileId {
+                dev: stat.st_dev,
+                ino: stat.st_ino,
+            };
             Ok(Opened::File { fd, id })
         }
         FileType::Directory => Err(bad("is a directory, not a block device or regular file")),
@@ -249,14 +250,25 @@ const ATTACH_PATIENCE: Duration = Duration::from_secs(5);
 /// configures it; a burst of concurrent attaches can therefore exhaust
 /// `attach`'s own quick retries. Backing off lets the claimant finish.
 fn attach_patiently(fd: &OwnedFd, options: &LoopOptions) -> Result<LoopDevice, diskseq::Error> {
-    let deadline = Instant::now() + ATTACH_PATIENCE;
-    // Different processes must not retry in lockstep.
-    let mut nap = Duration::from_micros(50 + u64::from(std::process::id() % 97));
+    // Clock and jitter only once a retry is needed: the common attach
+    // succeeds at once, and on real Xen each system call counts.
+    let mut retry: Option<(Instant, Duration)> = None;
     loop {
         match LoopDevice::attach(fd.as_fd(), options) {
-            Err(diskseq::Error::NoFreeLoop { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(5));
+            Err(e @ diskseq::Error::NoFreeLoop { .. }) => {
+                let (deadline, nap) = retry.get_or_insert_with(|| {
+                    // Different processes must not retry in lockstep.
+                    let jitter = u64::from(std::process::id() % 97);
+                    (
+                        Instant::now() + ATTACH_PATIENCE,
+                        Duration::from_micros(50 + jitter),
+                    )
+                });
+                if Instant::now() >= *deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(*nap);
+                *nap = (*nap * 2).min(Duration::from_millis(5));
             }
             result => return result,
         }

@@ -498,7 +498,9 @@ fn remove_never_detaches_by_malformed_or_unprovable_records() {
 
 /// add registers its watches, reads its inputs and starts its transaction
 /// in one round trip, then re-reads and publishes in that transaction; the
-/// counts are pinned so they cannot silently regress.
+/// counts are pinned so they cannot silently regress. (Round trips, not
+/// requests, are what costs on real Xen: docs/real-xen.md, "Issue 10 on
+/// real Xen".)
 #[test]
 fn add_and_remove_round_trips_are_pinned() {
     if !require_root("add_and_remove_round_trips_are_pinned") {

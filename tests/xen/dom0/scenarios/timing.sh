@@ -4,6 +4,9 @@
 # runs under a wrapper (make_script_wrapper) that times the script alone, its
 # `add` and its `remove`, from fork to exit: the issue's figure. The wrapper's
 # own bash start (before its clock starts) is in both whole-cycle columns.
+# Other builds of block-diskseq in /xentest/variants/<name>/block-diskseq
+# (tests/xen/run's XENTEST_VARIANTS, e.g. the previous commit's: a
+# before/after in one boot) take their turns too, with figures of their own.
 #   timing.sh [cycles per script (default 5)] [access (default rw)]
 # shellcheck shell=bash
 # shellcheck source=../lib.sh
@@ -18,6 +21,13 @@ make_image "$img" 64 timing
 
 make_script_wrapper "$STOCK_SCRIPT" "$XT_STATE/timed-stock"
 make_script_wrapper "$DISKSEQ_SCRIPT" "$XT_STATE/timed-diskseq"
+variants=()
+for bin in /xentest/variants/*/block-diskseq; do
+    [ -x "$bin" ] || continue
+    name=variant-$(basename "$(dirname "$bin")")
+    variants+=("$name")
+    make_script_wrapper "$bin" "$XT_STATE/timed-$name"
+done
 rm -f "$XT_STATE/kill-delay"
 
 # The duration in ms of the last run of <command> in the wrapper's log; for
@@ -54,8 +64,12 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if
 
 declare -A ok=([stock]=0 [diskseq]=0)
 : >"$XT_STATE/timing-stock" && : >"$XT_STATE/timing-diskseq"
+for name in "${variants[@]}"; do
+    ok[$name]=0
+    : >"$XT_STATE/timing-$name"
+done
 for ((i = 1; i <= cycles; i++)); do
-    for which in stock diskseq; do
+    for which in stock diskseq "${variants[@]}"; do
         if result=$(cycle "$XT_STATE/timed-$which"); then
             ok[$which]=$((ok[$which] + 1))
             echo "$result" >>"$XT_STATE/timing-$which"
@@ -69,7 +83,7 @@ for ((i = 1; i <= cycles; i++)); do
     done
 done
 
-for which in stock diskseq; do
+for which in stock diskseq "${variants[@]}"; do
     xt_expect_eq "$which: all $cycles cycles attached, read the image and detached cleanly" "${ok[$which]}" "$cycles"
     xt_figure "${which}_attach_median_ms" "$(cut -d' ' -f1 "$XT_STATE/timing-$which" | median)"
     xt_figure "${which}_detach_median_ms" "$(cut -d' ' -f2 "$XT_STATE/timing-$which" | median)"
@@ -89,10 +103,24 @@ if [ "${ok[stock]}" -gt 0 ] && [ "${ok[diskseq]}" -gt 0 ]; then
     d_rem=$(cut -d' ' -f4 "$XT_STATE/timing-diskseq" | median)
     xt_figure script_add_ratio_stock_over_diskseq "$(awk -v a="$s_add" -v b="$d_add" 'BEGIN { printf "%.1f", a / (b > 0 ? b : 1) }')"
     xt_figure script_remove_ratio_stock_over_diskseq "$(awk -v a="$s_rem" -v b="$d_rem" 'BEGIN { printf "%.1f", a / (b > 0 ? b : 1) }')"
-    # Issue 10's target, in this boot: block-diskseq's add at most 86 ms and
-    # at most 1/37 of the stock script's. A figure (TCG on a shared host
-    # swings several-fold between boots), compared in docs/real-xen.md.
-    xt_figure script_add_target_met "$(awk -v a="$s_add" -v b="$d_add" 'BEGIN { print (b <= 86 && b * 37 <= a) ? "yes" : "no" }')"
+    # Issue 10's target, in this boot: block-diskseq's add at most 1/37 of
+    # the stock script's (86 ms against 3210 ms in the issue's reference
+    # boot; TCG on a shared host swings absolute times several-fold between
+    # boots, so the same-boot ratio is the target, and the 86 ms a figure
+    # apart). Figures, compared in docs/real-xen.md.
+    xt_figure script_add_target_met "$(awk -v a="$s_add" -v b="$d_add" 'BEGIN { print (b * 37 <= a) ? "yes" : "no" }')"
+    xt_figure script_add_under_86ms "$(awk -v b="$d_add" 'BEGIN { print (b <= 86) ? "yes" : "no" }')"
+fi
+if [ "${ok[stock]}" -gt 0 ]; then
+    s_add=$(cut -d' ' -f3 "$XT_STATE/timing-stock" | median)
+    s_rem=$(cut -d' ' -f4 "$XT_STATE/timing-stock" | median)
+    for name in "${variants[@]}"; do
+        [ "${ok[$name]}" -gt 0 ] || continue
+        v_add=$(cut -d' ' -f3 "$XT_STATE/timing-$name" | median)
+        v_rem=$(cut -d' ' -f4 "$XT_STATE/timing-$name" | median)
+        xt_figure "${name}_script_add_ratio_stock_over_it" "$(awk -v a="$s_add" -v b="$v_add" 'BEGIN { printf "%.1f", a / (b > 0 ? b : 1) }')"
+        xt_figure "${name}_script_remove_ratio_stock_over_it" "$(awk -v a="$s_rem" -v b="$v_rem" 'BEGIN { printf "%.1f", a / (b > 0 ? b : 1) }')"
+    done
 fi
 xt_figure access "$access"
 xt_figure cycles_per_script "$cycles"
