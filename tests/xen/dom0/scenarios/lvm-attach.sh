@@ -85,7 +85,8 @@ lv_attach "/dev/mapper/VG-LV, rw" "/dev/mapper/$LVM_VG-disk-b" rw disk-b "$tag_b
 
 # A /dev/mapper name whose node is another dm device's: refused by the
 # script (dm name check on the opened device), nothing left after detach.
-mknod "/dev/mapper/$LVM_VG-fake" b "$(dev_of "/dev/$LVM_VG/disk-a" | tr ':' ' ')"
+fake=$(dev_of "/dev/$LVM_VG/disk-a")
+mknod "/dev/mapper/$LVM_VG-fake" b "${fake%:*}" "${fake#*:}"
 be=$(backend_dir 0 "$(vdev_devid xvdb)")
 xl block-attach 0 "format=raw, vdev=xvdb, access=r, script=$DISKSEQ_SCRIPT, target=/dev/mapper/$LVM_VG-fake" \
     >"$XT_STATE/attach.out" 2>&1

@@ -139,7 +139,7 @@ xt_figure by_hand_as_specified "$hand_ok"
 printf 'label: dos\nstart=34816, size=16384, type=83\n' | sfdisk -q "$loop" >"$XT_STATE/sfdisk.out" 2>&1
 blockdev --rereadpt "$loop" 2>/dev/null
 xt_evidence_cmd "sfdisk (rewrite)" cat "$XT_STATE/sfdisk.out"
-wait_for 10 test "$(cat "$part_dir/start" 2>/dev/null)" = 34816
+wait_for 10 grep -qx 34816 "$part_dir/start"
 read -r pdev2 seq2 prec2 < <(record_now)
 xt_evidence "after the rewrite: ${name}p1 = $pdev2, disk diskseq $seq2, partition record $prec2"
 xt_expect_eq "the rewrite kept partition 1's device number" "$pdev2" "$pdev"
