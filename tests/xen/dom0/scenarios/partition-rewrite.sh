@@ -54,16 +54,19 @@ xt_expect_eq "the record for partition 1 at 2048 of 32768 sectors" "$prec" "1:80
 blkback_use patched
 
 # given <label> <partition record or "-"> <physical-device>: a dom0
-# self-attach of a record; prints the state, the error node and the read.
+# self-attach of a record; prints the published physical-device, the state,
+# the error node and the read.
 given() {
-    local label=$1 prec=$2 dev=$3 envs=(XT_GIVEN_DEV="$dev" XT_GIVEN_DISKSEQ="$seq") state seen=
+    local label=$1 prec=$2 dev=$3 envs state seen=
+    # (Not in the `local` above: its words expand before it assigns.)
+    envs=(XT_GIVEN_DEV="$dev" XT_GIVEN_DISKSEQ="$seq")
     [ "$prec" = - ] || envs+=(XT_GIVEN_PARTITION="$prec")
     env "${envs[@]}" xl block-attach 0 "format=raw, vdev=xvdb, access=r, script=$GIVEN_SCRIPT, target=$loop" \
         >"$XT_STATE/given.out" 2>&1
     wait_for "$XT_WAIT" decided "$BE"
     state=$(xs_read "$BE/state")
     [ "$state" = 4 ] && wait_for "$XT_WAIT" test -b /dev/xvdb && seen=$(read_tag /dev/xvdb)
-    echo "state=$state error=$(xs_read "$ERR") read=$seen"
+    echo "dev=$(xs_read "$BE/physical-device") state=$state error=$(xs_read "$ERR") read=$seen"
     xt_evidence "[$label] record $dev diskseq $seq partition '$prec': state $state, error '$(xs_read "$ERR")', read '$seen', diskseq-partition node '$(xs_read "$BE/diskseq-partition")'" >&2
     xl block-detach 0 xvdb >/dev/null 2>&1 || xl block-detach -f 0 xvdb >/dev/null 2>&1
     wait_for "$XT_WAIT" xs_absent "$BE"
@@ -72,7 +75,7 @@ given() {
 
 # 1. The right record, served.
 xt_expect_eq "[right] served, reads partition 1's first sector" \
-    "$(given right "$prec" "$pdev")" "state=4 error= read=XENTEST-IMAGE OLD"
+    "$(given right "$prec" "$pdev")" "dev=$pdev state=4 error= read=XENTEST-IMAGE OLD"
 
 # 2. By hand: blkback for a made-up frontend domain 5, no frontend (the
 #    record is accepted when `opened` turns 1, refused at Closing).
@@ -147,14 +150,16 @@ xt_expect_eq "the rewrite kept the disk's diskseq (what the disk's diskseq alone
 xt_expect_eq "partition 1 is now at 34816 of 16384 sectors" "$prec2" "1:8800:4000"
 
 stale=$(given stale "$prec" "$pdev")
-xt_check "[stale] refused with ENODEV, nothing readable (got $stale)" \
-    bash -c "[[ '$stale' == 'state='[56]' error=19 creating vbd structure'* && '$stale' == *'read=' ]]"
+xt_check "[stale] partition 1's record refused with ENODEV, nothing readable (got $stale)" \
+    bash -c "[[ '$stale' == 'dev=$pdev state='[56]' error=19 creating vbd structure'* && '$stale' == *'read=' ]]"
+xt_check "[stale] refused by the partition check (kernel log)" \
+    bash -c "dmesg --notime | tail -3 | grep -q 'is partition 1 at 8800 of 4000 sectors, expected 1:800:8000'"
 legacy=$(given stale-without-partition - "$pdev")
 xt_expect_eq "[stale, no diskseq-partition] served, and reads the wrong sectors (what the partition check prevents)" \
-    "$legacy" "state=4 error= read=XENTEST-IMAGE NEW"
+    "$legacy" "dev=$pdev state=4 error= read=XENTEST-IMAGE NEW"
 xt_expect_eq "[fresh] the new record is served and reads the new partition" \
-    "$(given fresh "$prec2" "$pdev2")" "state=4 error= read=XENTEST-IMAGE NEW"
-xt_evidence_cmd "dom0 kernel" bash -c "dmesg --notime | grep 'xen_vbd_create' | tail -4"
+    "$(given fresh "$prec2" "$pdev2")" "dev=$pdev state=4 error= read=XENTEST-IMAGE NEW"
+xt_evidence_cmd "dom0 kernel" bash -c "dmesg --notime | grep 'xen_vbd_create' | tail -6"
 
 blkback_use stock
 losetup -d "$loop"
