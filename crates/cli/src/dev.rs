@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 use clap::Args;
 use diskseq::{
     list_devices, open_by_diskseq, open_verified, Access, BlockDevice, DevNum, DeviceEntry, DiskId,
-    DiskSeq,
+    DiskSeq, PinnedPath,
 };
 use serde::Serialize;
 
@@ -50,7 +50,7 @@ pub(crate) const DEV_WIDTH: usize = 9;
 
 /// Prints one table line without the padding a trailing empty column leaves.
 pub(crate) fn print_line(line: &str) {
-    println!("{}", line.trim_end());
+    outln!("{}", line.trim_end());
 }
 
 /// A size as `lsblk` prints it: powers of 1024 with a one-letter suffix and
@@ -136,6 +136,9 @@ struct DeviceRow {
     ro: bool,
     kind: &'static str,
     parent: Option<String>,
+    /// The pinned name to pass as a target (`diskseq attach --target`,
+    /// libxl's `target=`): it can never come to mean another disk.
+    target: Option<String>,
     backing_file: Option<PathBuf>,
 }
 
@@ -151,6 +154,13 @@ impl From<&DeviceEntry> for DeviceRow {
             ro: entry.read_only,
             kind: entry.kind.as_str(),
             parent: entry.parent.clone(),
+            target: entry.seq.map(|seq| {
+                PinnedPath {
+                    seq,
+                    partition: entry.partition,
+                }
+                .to_string()
+            }),
             backing_file: entry.loop_backing.clone(),
         }
     }
@@ -158,9 +168,15 @@ impl From<&DeviceEntry> for DeviceRow {
 
 fn print_table(rows: &[DeviceRow], bytes: bool) {
     let size_width = if bytes { 14 } else { 6 };
+    let target_width = rows
+        .iter()
+        .filter_map(|row| row.target.as_ref().map(String::len))
+        .max()
+        .unwrap_or(0)
+        .max("TARGET".len());
     print_line(&format!(
-        "{:<12} {:>DEV_WIDTH$} {:>10} {:>size_width$} {:>2} {:<4} BACKING-FILE",
-        "NAME", "DEV", "DISKSEQ", "SIZE", "RO", "KIND"
+        "{:<12} {:>DEV_WIDTH$} {:>10} {:>size_width$} {:>2} {:<4} {:<target_width$} BACKING-FILE",
+        "NAME", "DEV", "DISKSEQ", "SIZE", "RO", "KIND", "TARGET"
     ));
     for row in rows {
         let size = if bytes {
@@ -169,13 +185,14 @@ fn print_table(rows: &[DeviceRow], bytes: bool) {
             human_size(row.size)
         };
         print_line(&format!(
-            "{:<12} {:>DEV_WIDTH$} {:>10} {size:>size_width$} {:>2} {:<4} {}",
+            "{:<12} {:>DEV_WIDTH$} {:>10} {size:>size_width$} {:>2} {:<4} {:<target_width$} {}",
             row.name,
             row.dev,
             row.diskseq
                 .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             u8::from(row.ro),
             row.kind,
+            row.target.as_deref().unwrap_or("-"),
             row.backing_file
                 .as_deref()
                 .map_or_else(String::new, |p| p.display().to_string()),
@@ -192,7 +209,7 @@ pub fn ls(args: LsArgs) -> CmdResult {
     let devices = list_devices().map_err(failure)?;
     let rows: Vec<DeviceRow> = devices.iter().map(DeviceRow::from).collect();
     if args.json {
-        println!("{}", to_json(&rows)?);
+        outln!("{}", to_json(&rows)?);
     } else {
         print_table(&rows, args.bytes);
     }
@@ -219,26 +236,29 @@ pub fn show(args: ShowArgs) -> CmdResult {
         row.diskseq = Some(seq.get());
     }
     if args.json {
-        println!("{}", to_json(&row)?);
+        outln!("{}", to_json(&row)?);
     } else {
-        println!("name:         {}", row.name);
-        println!("dev:          {}", row.dev);
+        outln!("name:         {}", row.name);
+        outln!("dev:          {}", row.dev);
         let seq = row
             .diskseq
             .map_or_else(|| "-".to_owned(), |s| s.to_string());
-        println!("diskseq:      {seq}");
-        println!(
+        outln!("diskseq:      {seq}");
+        outln!(
             "size:         {} ({} bytes)",
             human_size(row.size),
             row.size
         );
-        println!("ro:           {}", u8::from(row.ro));
-        println!("kind:         {}", row.kind);
+        outln!("ro:           {}", u8::from(row.ro));
+        outln!("kind:         {}", row.kind);
         if let Some(parent) = &row.parent {
-            println!("parent:       {parent}");
+            outln!("parent:       {parent}");
+        }
+        if let Some(target) = &row.target {
+            outln!("target:       {target}");
         }
         if let Some(backing) = &row.backing_file {
-            println!("backing-file: {}", backing.display());
+            outln!("backing-file: {}", backing.display());
         }
     }
     Ok(ExitCode::SUCCESS)

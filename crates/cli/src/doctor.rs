@@ -114,7 +114,7 @@ pub fn run(args: DoctorArgs) -> CmdResult {
     if args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::Error(format!("encoding JSON: {e}")))?;
-        println!("{text}");
+        outln!("{text}");
     } else {
         print_human(&report);
     }
@@ -122,7 +122,7 @@ pub fn run(args: DoctorArgs) -> CmdResult {
 }
 
 fn print_human(report: &Report) {
-    println!("diskseq doctor: is this host's block handoff race-free?\n");
+    outln!("diskseq doctor: is this host's block handoff race-free?\n");
     for check in &report.checks {
         let tag = match check.status {
             Status::Info => "info",
@@ -130,7 +130,7 @@ fn print_human(report: &Report) {
             Status::Warn => "WARN",
             Status::Fail => "FAIL",
         };
-        println!("[{tag:<4}] {:<9} {}", check.name, check.summary);
+        outln!("[{tag:<4}] {:<9} {}", check.name, check.summary);
     }
     let verdict = match report.verdict {
         Verdict::Safe => "safe: the backend refuses any disk but the one published",
@@ -140,7 +140,7 @@ fn print_human(report: &Report) {
         }
         Verdict::Unsafe => "unsafe: a guest can be handed the wrong disk (see FAIL)",
     };
-    println!("\nverdict: {verdict} (exit {})", report.exit_status);
+    outln!("\nverdict: {verdict} (exit {})", report.exit_status);
 }
 
 /// Reads everything, read-only. Missing files are facts, not errors.

@@ -45,7 +45,7 @@ pub fn run(args: GenDocsArgs) -> CmdResult {
         clap_complete::generate_to(shell, &mut cmd, "diskseq", &completions_dir)
             .map_err(|e| io_failure(&completions_dir, e))?;
     }
-    println!("{}", args.out.display());
+    outln!("{}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -98,11 +98,11 @@ pub fn main(mut args: impl Iterator<Item = OsString>) -> ExitCode {
     let first = args.next();
     match first.as_deref().and_then(|a| a.to_str()) {
         Some("-h" | "--help" | "help") => {
-            print!("{}", help_text());
+            out!("{}", help_text());
             ExitCode::SUCCESS
         }
         Some("-V" | "--version") => {
-            println!("{NAME} {}", env!("CARGO_PKG_VERSION"));
+            outln!("{NAME} {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         _ => match vbd::hotplug::main(first.into_iter().chain(args)) {

@@ -224,7 +224,7 @@ fn ls(args: LsArgs) -> CmdResult {
     if args.json {
         let text = serde_json::to_string_pretty(&rows)
             .map_err(|e| Failure::Error(format!("encoding JSON: {e}")))?;
-        println!("{text}");
+        outln!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     print_line(&format!(

@@ -74,14 +74,14 @@ pub fn run(args: GcArgs) -> CmdResult {
             }
         };
         if !args.json && device.verdict.is_leaked() {
-            println!("{}: {action}", device.info.path.display());
+            outln!("{}: {action}", device.info.path.display());
         }
         rows.push(row(device, action));
     }
     if args.json {
         let text = serde_json::to_string_pretty(&rows)
             .map_err(|e| Failure::Error(format!("encoding JSON: {e}")))?;
-        println!("{text}");
+        outln!("{text}");
     }
     if failed > 0 {
         return Err(Failure::Error(format!(
@@ -93,15 +93,18 @@ pub fn run(args: GcArgs) -> CmdResult {
 
 fn print_survey(found: &[Labelled]) {
     if found.is_empty() {
-        println!("no loop device carries a block-diskseq label");
+        outln!("no loop device carries a block-diskseq label");
         return;
     }
-    println!(
+    outln!(
         "{:<12} {:>7} {:>10} {:<28} VERDICT",
-        "DEVICE", "DEV", "DISKSEQ", "BACKEND"
+        "DEVICE",
+        "DEV",
+        "DISKSEQ",
+        "BACKEND"
     );
     for device in found {
-        println!(
+        outln!(
             "{:<12} {:>7} {:>10} {:<28} {}",
             device.info.path.display(),
             device.info.id.dev().to_string(),

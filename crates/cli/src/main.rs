@@ -2,6 +2,9 @@
 //! handoff from the command line. Each subcommand lives in its own module;
 //! this file only parses arguments and maps results to exit codes.
 
+#[macro_use]
+mod out;
+
 mod demo;
 mod dev;
 mod doctor;
@@ -33,7 +36,7 @@ struct Cli {
 enum Command {
     // Each helper adds its subcommands here (one line per variant) and a
     // matching arm in `main`; the work itself lives in the module.
-    /// List every block device with its diskseq.
+    /// List every block device with its diskseq and pinned target name.
     Ls(dev::LsArgs),
     /// Show one block device (path or decimal MAJ:MIN).
     Show(dev::ShowArgs),

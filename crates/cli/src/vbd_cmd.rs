@@ -137,7 +137,7 @@ pub fn attach(args: AttachArgs) -> CmdResult {
                     (None, Some(node)) => format!("- (node {node:?} is not a diskseq)"),
                     (None, None) => "- (legacy script)".to_owned(),
                 };
-                println!(
+                outln!(
                     "attached {} to domain {} as {} ({}): dev {}, diskseq {diskseq}",
                     spec.target.display(),
                     spec.frontend_domid,
@@ -145,7 +145,7 @@ pub fn attach(args: AttachArgs) -> CmdResult {
                     report.devid,
                     report.dev.as_deref().unwrap_or("-"),
                 );
-                println!("backend {}", report.backend);
+                outln!("backend {}", report.backend);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -207,9 +207,9 @@ pub fn detach(args: DetachArgs) -> CmdResult {
     if args.json {
         print_json(&serde_json::json!({ "ok": true, "detach": report }))?;
     } else if !report.backend_was_present {
-        println!("{}: no backend; removed the frontend only", report.backend);
+        outln!("{}: no backend; removed the frontend only", report.backend);
     } else {
-        println!(
+        outln!(
             "detached domain {} {}: {}",
             args.disk.domain,
             args.disk.vdev,

@@ -17,12 +17,16 @@ pub mod ioctl;
 mod loop_device;
 mod loop_label;
 mod loop_status;
+mod pinned;
 pub mod sysfs;
 
-pub use device::{open_by_diskseq, open_by_number, open_verified, Access, BlockDevice};
+pub use device::{
+    open_by_diskseq, open_by_number, open_verified, Access, BlockDevice, PartitionExtent,
+};
 pub use error::{Error, Result};
 pub use id::{DevNum, DiskId, DiskSeq, DiskSeqParseError, FileId, ParseError, LOOP_MAJOR};
 pub use loop_device::{LoopDevice, LoopOptions, PersistError};
 pub use loop_label::{LoopLabel, LoopLabelError};
 pub use loop_status::{detach_labeled, detach_verified, list_loops, loop_info, LoopInfo};
+pub use pinned::{PinnedPath, BY_DISKSEQ_DIR};
 pub use sysfs::{list_devices, DeviceEntry, DeviceKind};

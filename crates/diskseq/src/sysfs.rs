@@ -57,6 +57,8 @@ pub struct DeviceEntry {
     pub kind: DeviceKind,
     /// For a partition, the kernel name of its disk.
     pub parent: Option<String>,
+    /// For a partition, its number on that disk.
+    pub partition: Option<u32>,
     /// For a bound loop device, the backing file's path (as the kernel
     /// reports it; may end in " (deleted)").
     pub loop_backing: Option<PathBuf>,
@@ -117,6 +119,12 @@ pub(crate) fn link_name(dev: DevNum) -> Option<String> {
 /// The partition number of `dev`, `None` for a whole disk (or no device).
 pub fn partition_number(dev: DevNum) -> Option<u32> {
     read_number(&dev_dir(dev).join("partition"))
+}
+
+/// The first sector of partition `dev` on its disk (`start`), `None` for a
+/// whole disk or no device.
+pub(crate) fn partition_start(dev: DevNum) -> Option<u64> {
+    read_number(&dev_dir(dev).join("start"))
 }
 
 /// The sysfs directory of the whole disk `dev` is on: a partition's queue
@@ -297,6 +305,7 @@ fn read_entry(name: String, dir: &Path) -> Option<DeviceEntry> {
         read_only,
         kind,
         parent,
+        partition: read_number(&dir.join("partition")),
         loop_backing,
     })
 }

@@ -98,3 +98,24 @@ pub fn wait_detached(image: &Path) {
         || !image_attached(image),
     );
 }
+
+/// Binds `image` (read-write, autoclear, partitions allowed) and adds a
+/// partition per `(start, length)` in bytes, numbered from 1 — a disk with
+/// a partition table, made with `BLKPG` (the kernel may lack table parsers).
+pub fn attach_partitioned(image: &Path, partitions: &[(u64, u64)]) -> LoopDevice {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .expect("open image");
+    let opts = LoopOptions {
+        partscan: true,
+        ..autoclear()
+    };
+    let disk = LoopDevice::attach(file.as_fd(), &opts).expect("attach a partitioned disk");
+    for (number, &(start, length)) in (1..).zip(partitions) {
+        diskseq::ioctl::add_partition(disk.as_fd(), number, start, length)
+            .expect("add a partition");
+    }
+    disk
+}

@@ -4,6 +4,10 @@
 //! turns the result into the exit status libxl judges success by (0 ok, 1
 //! failed). No clap here: the script's start-up is benchmarked.
 
+#[macro_use]
+#[path = "../out.rs"]
+mod out;
+
 #[path = "../hotplug_help.rs"]
 mod hotplug_help;
 

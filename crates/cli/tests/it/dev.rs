@@ -678,3 +678,20 @@ fn loop_gc_lists_then_detaches_only_leaked_labelled_devices() {
     eventually("the leaked device is detached", || !bound(&leaked));
     assert!(bound(&in_use) && bound(&pending) && bound(&foreign));
 }
+
+/// `diskseq ls | head`: the reader goes away, and the listing ends quietly
+/// (exit 0, nothing on stderr) instead of panicking on EPIPE. The pipe's
+/// read end is closed before the command starts, so its very first write
+/// meets a closed pipe.
+#[test]
+fn a_closed_pipe_ends_the_listing_quietly() {
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_diskseq"))
+        .arg("ls")
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .expect("run diskseq ls");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}

@@ -11,7 +11,8 @@ use std::sync::{Arc, Barrier};
 
 use diskseq::{
     detach_verified, ioctl, list_loops, loop_info, open_by_diskseq, open_verified, Access,
-    BlockDevice, DevNum, DiskId, DiskSeq, Error, FileId, LoopDevice, LoopOptions, PersistError,
+    BlockDevice, DevNum, DiskId, DiskSeq, Error, FileId, LoopDevice, LoopOptions, PartitionExtent,
+    PersistError, PinnedPath,
 };
 use testbed::images::{read_at, Backing};
 use testbed::loops::{autoclear, eventually, wait_gone, DetachOnDrop};
@@ -184,6 +185,68 @@ fn open_by_diskseq_finds_and_refuses_stale() {
     assert!(matches!(
         open_by_diskseq(never, None, Access::ReadOnly),
         Err(Error::NoSuchDiskSeq { .. })
+    ));
+}
+
+/// `(number, diskseq)` names a partition's disk, not the partition: a table
+/// rewritten on the same disk puts another extent under the same number and
+/// diskseq. The extent tells them apart, and while a partition is held open
+/// the kernel refuses to delete it (EBUSY) or move it (EINVAL; only its
+/// size may change) — measured here, the basis of reading `start` from
+/// sysfs on a held fd.
+#[test]
+fn a_rewritten_partition_keeps_number_and_diskseq_but_not_its_extent() {
+    if !require_root("a_rewritten_partition_keeps_number_and_diskseq_but_not_its_extent") {
+        return;
+    }
+    let backing = Backing::new(4 * MIB, 0);
+    let opts = LoopOptions {
+        partscan: true,
+        ..autoclear()
+    };
+    let disk = LoopDevice::attach(backing.fd(), &opts).unwrap();
+    ioctl::add_partition(disk.as_fd(), 1, MIB, MIB).unwrap();
+    let pinned = PinnedPath::parse(Path::new(&format!(
+        "/dev/disk/by-diskseq/{}-part1",
+        disk.id().seq
+    )))
+    .unwrap();
+    let first = pinned.open(Access::ReadOnly).unwrap();
+    let first_extent = PartitionExtent {
+        number: 1,
+        start: MIB / 512,
+        sectors: MIB / 512,
+    };
+    assert_eq!(first.partition_extent().unwrap(), Some(first_extent));
+    assert_eq!(disk.block_device().partition_extent().unwrap(), None);
+
+    let busy = ioctl::delete_partition(disk.as_fd(), 1).unwrap_err();
+    assert_eq!(
+        busy.raw_os_error(),
+        Some(rustix::io::Errno::BUSY.raw_os_error()),
+        "{busy}"
+    );
+    let first_id = first.id();
+    drop(first);
+
+    ioctl::delete_partition(disk.as_fd(), 1).unwrap();
+    ioctl::add_partition(disk.as_fd(), 1, 2 * MIB, MIB).unwrap();
+    let second = pinned.open(Access::ReadOnly).unwrap();
+    assert_eq!(
+        second.id().seq,
+        first_id.seq,
+        "the disk's diskseq, unchanged"
+    );
+    let second_extent = second.partition_extent().unwrap().unwrap();
+    assert_eq!(second_extent.number, 1);
+    assert_ne!(second_extent, first_extent, "another extent");
+    drop(second);
+    drop(disk);
+
+    // A pinned name whose disk is gone opens nothing, never another disk.
+    assert!(matches!(
+        pinned.open(Access::ReadOnly),
+        Err(Error::NoSuchDiskSeq { .. } | Error::NoSuchPartition { .. })
     ));
 }
 

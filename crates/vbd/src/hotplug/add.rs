@@ -408,6 +408,7 @@ fn publish(
                 }
             }
             let mut holders = host.mounts.clone();
+            holders.extend(host.stacked.iter().cloned());
             let mut vbd_devs = Vec::new();
             for (other, dev, holder) in
                 holders::vbd_holders(tx, &candidates, inputs.frontend_id, host)?

@@ -28,6 +28,8 @@ pub struct HostUsers {
     pub same_disk: HashMap<DevNum, DiskSeq>,
     /// Host mounts of any of those.
     pub mounts: Vec<Holder>,
+    /// Devices the host stacked on any of those (dm, md).
+    pub stacked: Vec<Holder>,
     /// Other loop devices bound to the same file (by number).
     pub loops: Vec<(DevNum, Holder)>,
     /// Whether another vbd's record can name our disk, so the publishing
@@ -48,6 +50,11 @@ impl HostUsers {
                 users.vbds_may_hold = true;
                 for dev in sharing::device_family(&cfg.sysfs_root, id.dev()) {
                     users.same_disk.insert(dev, id.seq);
+                    users.stacked.extend(
+                        sharing::stacked_on(&cfg.sysfs_root, dev)
+                            .into_iter()
+                            .map(|holder| Holder::HostStack { dev, holder }),
+                    );
                 }
             }
             Target::Loop { backing, .. } => {

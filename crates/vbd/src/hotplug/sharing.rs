@@ -42,6 +42,15 @@ pub enum Holder {
         /// Not read-only.
         writable: bool,
     },
+    /// A device the host stacked on it (device-mapper, md: the device's
+    /// sysfs `holders/`), e.g. an LVM physical volume's logical volumes.
+    /// The host may write through it, so it counts as a writer.
+    HostStack {
+        /// The device (ours, or a partition or parent of it) held.
+        dev: DevNum,
+        /// The holder's kernel name (`dm-3`, `md0`).
+        holder: String,
+    },
     /// Another vbd that publishes the device.
     Vbd {
         /// Its backend directory.
@@ -61,6 +70,7 @@ impl Holder {
             Holder::HostMount { writable, .. }
             | Holder::HostLoop { writable, .. }
             | Holder::Vbd { writable, .. } => *writable,
+            Holder::HostStack { .. } => true,
         }
     }
 
@@ -92,6 +102,10 @@ impl fmt::Display for Holder {
                 "the file is attached {} in the host as {} ({dev})",
                 how(*writable),
                 path.display()
+            ),
+            Holder::HostStack { dev, holder } => write!(
+                f,
+                "device {dev} is held in the host by {holder} (device-mapper or md stacked on it)"
             ),
             Holder::Vbd {
                 backend,
@@ -200,6 +214,24 @@ pub fn device_family(sysfs_root: &Path, dev: DevNum) -> Vec<DevNum> {
     family
 }
 
+/// The devices the host stacked on `dev` (its sysfs `holders/`: dm, md,
+/// bcache), by kernel name; none when sysfs does not know `dev`.
+pub fn stacked_on(sysfs_root: &Path, dev: DevNum) -> Vec<String> {
+    let dir = sysfs_root
+        .join("dev/block")
+        .join(format!("{}:{}", dev.major, dev.minor))
+        .join("holders");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +261,16 @@ mod tests {
         }
     }
 
+    fn stacked() -> Holder {
+        Holder::HostStack {
+            dev: DevNum {
+                major: 252,
+                minor: 0,
+            },
+            holder: "dm-3".into(),
+        }
+    }
+
     #[test]
     fn the_full_matrix() {
         use Mode::*;
@@ -248,6 +290,9 @@ mod tests {
             (ReadOnly, host_loop(false), true),
             (ReadOnly, host_loop(true), false),
             (ReadWrite, host_loop(false), false),
+            (ReadOnly, stacked(), false), // an LV on the disk may be written
+            (ReadWrite, stacked(), false),
+            (ReadWriteShared, stacked(), true),
         ];
         for (requested, holder, allowed) in cases {
             let result = check(Path::new(IMG), requested, std::slice::from_ref(&holder));
@@ -326,5 +371,13 @@ mod tests {
         assert_eq!(device_family(sys.path(), d(0)), vec![d(0), d(1)]);
         assert_eq!(device_family(sys.path(), d(1)), vec![d(1), d(0)]);
         assert_eq!(device_family(sys.path(), d(9)), vec![d(9)]);
+
+        // An LVM volume group on the partition: its LVs are its holders.
+        assert!(stacked_on(sys.path(), d(1)).is_empty());
+        std::fs::create_dir_all(disk.join("vdz1/holders")).unwrap();
+        std::os::unix::fs::symlink("../../dm-4", disk.join("vdz1/holders/dm-4")).unwrap();
+        std::os::unix::fs::symlink("../../dm-3", disk.join("vdz1/holders/dm-3")).unwrap();
+        assert_eq!(stacked_on(sys.path(), d(1)), ["dm-3", "dm-4"]);
+        assert!(stacked_on(sys.path(), d(9)).is_empty());
     }
 }

@@ -13,7 +13,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use diskseq::{BlockDevice, DevNum, DiskId, FileId, LoopDevice, LoopLabel, LoopOptions};
+use diskseq::{
+    Access, BlockDevice, DevNum, DiskId, FileId, LoopDevice, LoopLabel, LoopOptions,
+    PartitionExtent, PinnedPath,
+};
 use rustix::fs::{FileType, Mode as FsMode, OFlags};
 use rustix::io::Errno;
 
@@ -28,6 +31,9 @@ pub enum Target {
     Block {
         /// The open device.
         device: BlockDevice,
+        /// Where it lies on its disk, when it is a partition (read while
+        /// `device` holds it: see [`BlockDevice::partition_extent`]).
+        partition: Option<PartitionExtent>,
     },
     /// A loop device this run attached to the file named by `params`.
     Loop {
@@ -56,13 +62,18 @@ pub enum Opened {
 }
 
 /// Opens `params` once and classifies it; checks the read-only rule and, for
-/// `/dev/mapper/NAME`, that the opened device is that dm device.
+/// `/dev/mapper/NAME`, that the opened device is that dm device. A pinned
+/// name (`/dev/disk/by-diskseq/<N>[-part<P>]`) is resolved by its sequence
+/// number, whether or not udev made the link.
 pub fn open(
     params: &Path,
     mode: Mode,
     sysfs_root: &Path,
     proc_root: &Path,
 ) -> Result<Opened, HotplugError> {
+    if let Some(pinned) = PinnedPath::parse(params) {
+        return open_pinned(params, pinned, mode);
+    }
     let io = |op, source: Errno| HotplugError::Io {
         path: params.to_owned(),
         op,
@@ -140,36 +151,90 @@ pub fn open(
     }
 }
 
-/// For `/dev/mapper/NAME`, the opened device's dm name must be NAME: a dm
-/// device can be removed and another created under the same path.
-fn check_dm_name(params: &Path, dev: DevNum, sysfs_root: &Path) -> Result<(), HotplugError> {
-    let Ok(rest) = params.strip_prefix("/dev/mapper") else {
-        return Ok(());
-    };
-    let Some(expected) = rest.to_str().filter(|n| !n.is_empty() && !n.contains('/')) else {
-        return Ok(());
-    };
-    if expected == "control" {
-        return Ok(());
+/// Opens the disk instance (or partition) a pinned name stands for, proven
+/// on the fd. One that is gone is refused, never replaced: that a disk
+/// with this sequence number existed when the name was learned is the
+/// whole point of passing it.
+fn open_pinned(params: &Path, pinned: PinnedPath, mode: Mode) -> Result<Opened, HotplugError> {
+    let device = pinned.open(Access::ReadOnly).map_err(|e| match e {
+        diskseq::Error::NoSuchDiskSeq { .. } => HotplugError::BadTarget {
+            path: params.to_owned(),
+            reason: format!(
+                "no disk has diskseq {} any more (gone, or never existed in this boot)",
+                pinned.seq
+            ),
+        },
+        diskseq::Error::NoSuchPartition { .. } => HotplugError::BadTarget {
+            path: params.to_owned(),
+            reason: format!("{e}"),
+        },
+        e => HotplugError::Device(e),
+    })?;
+    if mode.is_writable() && device.read_only() {
+        return Err(HotplugError::ReadOnly {
+            path: params.to_owned(),
+        });
     }
-    let name_file = sysfs_root.join(format!("dev/block/{}:{}/dm/name", dev.major, dev.minor));
-    let actual = std::fs::read_to_string(&name_file).map_err(|e| HotplugError::BadTarget {
+    Ok(Opened::Block(device))
+}
+
+/// For `/dev/mapper/NAME`, the opened device's dm name must be NAME; for an
+/// LVM path `/dev/VG/LV` that opened a logical volume (dm uuid `LVM-…`), it
+/// must be LVM's name for VG/LV. A dm device can be removed and another
+/// created under the same path: the name, read from sysfs by the opened
+/// fd's number (held open, so it cannot change), proves which one we got.
+fn check_dm_name(params: &Path, dev: DevNum, sysfs_root: &Path) -> Result<(), HotplugError> {
+    let dm_dir = sysfs_root.join(format!("dev/block/{}:{}/dm", dev.major, dev.minor));
+    let read = |attr: &str| {
+        std::fs::read_to_string(dm_dir.join(attr)).map(|text| text.trim_end().to_owned())
+    };
+    let expected = match mapper_name(params) {
+        Some(name) => name,
+        None => match lvm_name(params) {
+            // Not an LV (another kind of dm device, or not dm at all: a
+            // `/dev/foo/bar` link to a disk): nothing to compare.
+            Some(name) if read("uuid").is_ok_and(|uuid| uuid.starts_with("LVM-")) => name,
+            _ => return Ok(()),
+        },
+    };
+    let actual = read("name").map_err(|e| HotplugError::BadTarget {
         path: params.to_owned(),
         reason: format!(
             "is not a device-mapper device ({}: {e})",
-            name_file.display()
+            dm_dir.join("name").display()
         ),
     })?;
-    if actual.trim_end_matches('\n') != expected {
+    if actual != expected {
         return Err(HotplugError::BadTarget {
             path: params.to_owned(),
-            reason: format!(
-                "opened device {dev} is dm device {:?}, not {expected:?}",
-                actual.trim_end()
-            ),
+            reason: format!("opened device {dev} is dm device {actual:?}, not {expected:?}"),
         });
     }
     Ok(())
+}
+
+/// NAME of `/dev/mapper/NAME` (not `control`, dm's own device).
+fn mapper_name(params: &Path) -> Option<String> {
+    let name = params.strip_prefix("/dev/mapper").ok()?.to_str()?;
+    (!name.is_empty() && !name.contains('/') && name != "control").then(|| name.to_owned())
+}
+
+/// The dm name LVM gives `/dev/VG/LV`: each name with its `-` doubled,
+/// joined by `-` (`vg-1/lv` → `vg--1-lv`). `None` for a path that cannot be
+/// an LVM one: not two components under `/dev`, or a directory the kernel
+/// or udev own.
+fn lvm_name(params: &Path) -> Option<String> {
+    const NOT_VOLUME_GROUPS: [&str; 6] = ["block", "char", "disk", "mapper", "bus", "xen"];
+    let rest = params.strip_prefix("/dev").ok()?.to_str()?;
+    let (vg, lv) = rest.split_once('/')?;
+    if vg.is_empty() || lv.is_empty() || lv.contains('/') || NOT_VOLUME_GROUPS.contains(&vg) {
+        return None;
+    }
+    Some(format!(
+        "{}-{}",
+        vg.replace('-', "--"),
+        lv.replace('-', "--")
+    ))
 }
 
 /// How long to keep trying when every free loop device is being claimed by
@@ -210,7 +275,10 @@ impl Target {
         label: &LoopLabel,
     ) -> Result<Target, HotplugError> {
         match opened {
-            Opened::Block(device) => Ok(Target::Block { device }),
+            Opened::Block(device) => {
+                let partition = device.partition_extent()?;
+                Ok(Target::Block { device, partition })
+            }
             Opened::File { fd, id } => {
                 let options = LoopOptions {
                     read_only: !mode.is_writable(),
@@ -240,7 +308,7 @@ impl Target {
     /// The device instance.
     pub fn id(&self) -> DiskId {
         match self {
-            Target::Block { device } => device.id(),
+            Target::Block { device, .. } => device.id(),
             Target::Loop { device, .. } => device.id(),
         }
     }
@@ -249,12 +317,13 @@ impl Target {
     pub fn record(&self) -> PublishedDevice {
         let id = self.id();
         match self {
-            Target::Block { device } => PublishedDevice {
+            Target::Block { device, partition } => PublishedDevice {
                 physical_device: id.dev(),
                 physical_device_path: device.path().to_owned(),
                 diskseq: Some(id.seq),
                 node: None,
                 backing: None,
+                partition: *partition,
             },
             Target::Loop {
                 device, backing, ..
@@ -264,6 +333,7 @@ impl Target {
                 diskseq: Some(id.seq),
                 node: Some(device.path().to_owned()),
                 backing: Some(*backing),
+                partition: None,
             },
         }
     }
@@ -293,5 +363,74 @@ impl Drop for Target {
             // for `remove` or `diskseq loop gc`.
             let _ = device.detach();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dm_names_a_path_promises() {
+        let name = |p: &str| mapper_name(Path::new(p));
+        assert_eq!(name("/dev/mapper/vg0-guest").as_deref(), Some("vg0-guest"));
+        assert_eq!(name("/dev/mapper/control"), None);
+        assert_eq!(name("/dev/mapper/"), None);
+        assert_eq!(name("/dev/mapper/a/b"), None);
+
+        let lvm = |p: &str| lvm_name(Path::new(p));
+        assert_eq!(lvm("/dev/vg0/guest").as_deref(), Some("vg0-guest"));
+        // LVM doubles the dashes inside each name.
+        assert_eq!(lvm("/dev/vg-1/my-lv").as_deref(), Some("vg--1-my--lv"));
+        for not_lvm in [
+            "/dev/loop0",
+            "/dev/disk/by-id/x",
+            "/dev/block/254:0",
+            "/dev/mapper/vg0-guest",
+            "/dev/vg0/",
+            "/dev/vg0/a/b",
+            "/srv/vg0/guest",
+        ] {
+            assert_eq!(lvm(not_lvm), None, "{not_lvm}");
+        }
+    }
+
+    /// A stand-in sysfs: the dm attributes of device 254:3.
+    fn dm_sysfs(name: &str, uuid: &str) -> tempfile::TempDir {
+        let sys = tempfile::tempdir().unwrap();
+        let dm = sys.path().join("dev/block/254:3/dm");
+        std::fs::create_dir_all(&dm).unwrap();
+        std::fs::write(dm.join("name"), format!("{name}\n")).unwrap();
+        std::fs::write(dm.join("uuid"), format!("{uuid}\n")).unwrap();
+        sys
+    }
+
+    #[test]
+    fn an_lv_path_must_open_that_lv() {
+        let dev = DevNum {
+            major: 254,
+            minor: 3,
+        };
+        let lv = dm_sysfs("vg0-guest", "LVM-abcdef");
+        let check = |params: &str, sys: &tempfile::TempDir| {
+            check_dm_name(Path::new(params), dev, sys.path())
+        };
+        assert!(check("/dev/vg0/guest", &lv).is_ok());
+        assert!(check("/dev/mapper/vg0-guest", &lv).is_ok());
+        let err = check("/dev/vg0/other", &lv).unwrap_err().to_string();
+        assert!(err.contains("\"vg0-guest\", not \"vg0-other\""), "{err}");
+        let err = check("/dev/mapper/vg0-other", &lv).unwrap_err().to_string();
+        assert!(err.contains("not \"vg0-other\""), "{err}");
+        // A dm device that is not an LV (crypt, multipath) under a
+        // two-level path: no LVM name to compare.
+        let crypt = dm_sysfs("secret", "CRYPT-LUKS2-x");
+        assert!(check("/dev/vg0/guest", &crypt).is_ok());
+        // Not dm at all: /dev/mapper promises dm, /dev/VG/LV only for LVs.
+        let plain = tempfile::tempdir().unwrap();
+        assert!(check("/dev/vg0/guest", &plain).is_ok());
+        let err = check("/dev/mapper/vg0-guest", &plain)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a device-mapper device"), "{err}");
     }
 }

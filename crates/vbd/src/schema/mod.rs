@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use diskseq::{DevNum, DiskSeq, DiskSeqParseError};
 
 pub use backend_path::{BackendPath, LOOP_LABEL_PREFIX};
-pub use record::PublishedDevice;
+pub use record::{partition_from_node, partition_to_node, PublishedDevice};
 pub use state::{Mode, XenbusState};
 
 /// Node names inside a backend directory `backend/vbd/<fe-domid>/<devid>`.
@@ -73,6 +73,13 @@ pub mod node {
     /// `remove` detaches only a device still bound to that inode, whatever
     /// `params` names by then. (block-diskseq's own node.)
     pub const BACKING: &str = "diskseq-backing";
+    /// Where a partition lies on its disk, only when `physical-device` is
+    /// a partition: `<partno>:<start>:<sectors>`, lower-case hex, start and
+    /// length in 512-byte sectors. A partition reports its disk's diskseq,
+    /// so `(physical-device, diskseq)` alone cannot tell it from the
+    /// partition a rewritten table puts under the same number; a checking
+    /// backend compares these too (docs/design/hotplug.md, "Partitions").
+    pub const PARTITION: &str = "diskseq-partition";
     /// `connected`, `error` or `busy`.
     pub const HOTPLUG_STATUS: &str = "hotplug-status";
     /// Why the script failed.
@@ -238,6 +245,19 @@ pub fn flag(raw: Option<&[u8]>) -> bool {
         .is_some_and(|n| n != 0)
 }
 
+/// A number in the record's hex form: lower-case hex digits, no `0x`, no
+/// leading zero (`0` itself allowed).
+pub(crate) fn canonical_hex(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && (text == "0" || !text.starts_with('0'));
+    canonical
+        .then(|| u64::from_str_radix(text, 16).ok())
+        .flatten()
+}
+
 /// A decimal id as xenstore writes them: digits only, no sign, no padding.
 pub(crate) fn parse_id(s: &str) -> Option<u32> {
     let canonical =
@@ -252,7 +272,7 @@ pub(crate) fn parse_id(s: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use diskseq::{FileId, LoopLabel};
+    use diskseq::{FileId, LoopLabel, PartitionExtent};
     use record::backing_from_node;
 
     #[test]
@@ -369,6 +389,11 @@ mod tests {
                 .to_rdev(),
                 ino: 0x1234,
             }),
+            partition: Some(PartitionExtent {
+                number: 1,
+                start: 2048,
+                sectors: 204800,
+            }),
         };
         let nodes = rec.to_nodes();
         let value = |name: &str| {
@@ -380,8 +405,40 @@ mod tests {
         assert_eq!(value(node::PHYSICAL_DEVICE).unwrap(), b"7:c");
         assert_eq!(value(node::DISKSEQ).unwrap(), b"2a");
         assert_eq!(value(node::BACKING).unwrap(), b"fe:1:1234");
+        assert_eq!(value(node::PARTITION).unwrap(), b"1:800:32000");
         let values: Vec<_> = PublishedDevice::NODES.iter().map(|n| value(n)).collect();
         assert_eq!(PublishedDevice::from_values(&values).unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn partition_nodes_are_canonical_hex() {
+        let extent = partition_from_node(b"1:800:32000").unwrap();
+        assert_eq!(
+            extent,
+            PartitionExtent {
+                number: 1,
+                start: 0x800,
+                sectors: 0x32000
+            }
+        );
+        assert_eq!(partition_to_node(&extent), "1:800:32000");
+        for bad in [
+            &b""[..],
+            b"1:800",
+            b"1:800:32000:1",
+            b"0:800:32000",
+            b"01:800:32000",
+            b"1:0800:32000",
+            b"1:800:3200G",
+            b"1:800:32000 ",
+            b"A:800:32000",
+            b"100000000:800:1",
+            b"1::1",
+            b"\xff",
+        ] {
+            let err = partition_from_node(bad).unwrap_err();
+            assert!(err.to_string().contains(node::PARTITION), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -4,9 +4,11 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use diskseq::{DevNum, DiskSeq, FileId};
+use diskseq::{DevNum, DiskSeq, FileId, PartitionExtent};
 
-use super::{absolute_path, diskseq_from_node, node, physical_device_from_node, SchemaError};
+use super::{
+    absolute_path, canonical_hex, diskseq_from_node, node, physical_device_from_node, SchemaError,
+};
 
 /// What the hotplug script publishes for the backend, in one transaction.
 ///
@@ -24,16 +26,19 @@ pub struct PublishedDevice {
     pub node: Option<PathBuf>,
     /// `diskseq-backing`: that loop device's backing file.
     pub backing: Option<FileId>,
+    /// `diskseq-partition`: where the partition lies, when the device is one.
+    pub partition: Option<PartitionExtent>,
 }
 
 impl PublishedDevice {
     /// The nodes [`PublishedDevice::from_values`] reads, in that order.
-    pub const NODES: [&'static str; 5] = [
+    pub const NODES: [&'static str; 6] = [
         node::PHYSICAL_DEVICE,
         node::PHYSICAL_DEVICE_PATH,
         node::DISKSEQ,
         node::NODE,
         node::BACKING,
+        node::PARTITION,
     ];
 
     /// The node/value pairs to write (all in one transaction). `diskseq`
@@ -57,6 +62,9 @@ impl PublishedDevice {
         }
         if let Some(backing) = self.backing {
             nodes.push((node::BACKING, backing_to_node(backing).into_bytes()));
+        }
+        if let Some(partition) = &self.partition {
+            nodes.push((node::PARTITION, partition_to_node(partition).into_bytes()));
         }
         nodes
     }
@@ -87,12 +95,14 @@ impl PublishedDevice {
             .map(|raw| absolute_path(node::NODE, raw))
             .transpose()?;
         let backing = get(4).map(backing_from_node).transpose()?;
+        let partition = get(5).map(partition_from_node).transpose()?;
         Ok(Some(PublishedDevice {
             physical_device,
             physical_device_path,
             diskseq,
             node: loop_node,
             backing,
+            partition,
         }))
     }
 }
@@ -112,17 +122,46 @@ pub(super) fn backing_from_node(raw: &[u8]) -> Result<FileId, SchemaError> {
     let text = std::str::from_utf8(raw).map_err(|_| invalid())?;
     let (dev, ino) = text.rsplit_once(':').ok_or_else(invalid)?;
     let dev = DevNum::parse_xenstore(dev).map_err(|_| invalid())?;
-    let canonical = !ino.is_empty()
-        && ino
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && (ino == "0" || !ino.starts_with('0'));
-    let ino = canonical
-        .then(|| u64::from_str_radix(ino, 16).ok())
-        .flatten()
-        .ok_or_else(invalid)?;
+    let ino = canonical_hex(ino).ok_or_else(invalid)?;
     Ok(FileId {
         dev: dev.to_rdev(),
         ino,
+    })
+}
+
+/// `diskseq-partition`'s text: `<partno>:<start>:<sectors>`, lower-case hex
+/// (see [`node::PARTITION`]).
+pub fn partition_to_node(partition: &PartitionExtent) -> String {
+    format!(
+        "{:x}:{:x}:{:x}",
+        partition.number, partition.start, partition.sectors
+    )
+}
+
+/// Parses `diskseq-partition` (see [`node::PARTITION`]): three canonical
+/// lower-case hex numbers, the partition number at least 1.
+pub fn partition_from_node(raw: &[u8]) -> Result<PartitionExtent, SchemaError> {
+    let invalid = || {
+        SchemaError::invalid(
+            node::PARTITION,
+            raw,
+            "expected <partno>:<start>:<sectors> in lower-case hex",
+        )
+    };
+    let text = std::str::from_utf8(raw).map_err(|_| invalid())?;
+    let mut fields = text.split(':').map(canonical_hex);
+    let (Some(Some(number)), Some(Some(start)), Some(Some(sectors)), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(invalid());
+    };
+    let number = u32::try_from(number)
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(invalid)?;
+    Ok(PartitionExtent {
+        number,
+        start,
+        sectors,
     })
 }

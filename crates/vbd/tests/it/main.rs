@@ -5,5 +5,6 @@
 mod handoff;
 mod hotplug;
 mod kill;
+mod pinned;
 mod sharing;
 mod support;

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use diskseq::{sysfs, Access, BlockDevice, DiskId, Error};
+use diskseq::{sysfs, Access, BlockDevice, DiskId, Error, PartitionExtent};
 use rustix::io::Errno;
 
 use crate::backend::machine::{DiscardFacts, DiskFacts, OpenRequest, Opened};
@@ -69,11 +69,33 @@ pub fn open_disk(
         // another device number.
         (_, None) => diskseq::open_by_number(request.dev, access).map_err(fatal)?,
     };
+    if let Some(expected) = request.partition {
+        check_partition(&disk, expected)?;
+    }
     let facts = facts_of(&disk);
     Ok(Opened {
         disk: Arc::new(disk),
         facts,
     })
+}
+
+/// The opened device must be the partition the record describes: a
+/// partition reports its disk's diskseq, so only number, start and length
+/// tell it from the one a rewritten table put under the same number. Read
+/// on the held fd (see [`BlockDevice::partition_extent`]).
+fn check_partition(disk: &BlockDevice, expected: PartitionExtent) -> Result<(), Fatal> {
+    let found = disk.partition_extent().map_err(fatal)?;
+    if found == Some(expected) {
+        return Ok(());
+    }
+    Err(Fatal::new(
+        Errno::NODEV,
+        format!(
+            "{CREATING_VBD}: {} is {}, not the published {expected}",
+            disk.path().display(),
+            found.map_or_else(|| "a whole disk".to_owned(), |f| f.to_string())
+        ),
+    ))
 }
 
 /// The facts blkback's `connect()` reads from the `block_device`.

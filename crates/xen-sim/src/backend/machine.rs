@@ -14,7 +14,7 @@
 //! the machine holds the fd from the moment the identity check passed until
 //! the device is released, exactly like blkback holds its `bdev_handle`.
 
-use diskseq::{DevNum, DiskSeq};
+use diskseq::{DevNum, DiskSeq, PartitionExtent};
 
 use crate::backend::policy::{expected_diskseq, DiskseqPolicy};
 use crate::backend::Fatal;
@@ -50,6 +50,8 @@ pub struct PhysicalSnapshot {
     pub physical_device: Option<Vec<u8>>,
     /// `diskseq` (backend dir).
     pub diskseq: Option<Vec<u8>>,
+    /// `diskseq-partition` (backend dir).
+    pub partition: Option<Vec<u8>>,
     /// `mode` (backend dir).
     pub mode: Option<Vec<u8>>,
     /// `device-type` (frontend dir).
@@ -66,6 +68,9 @@ pub struct OpenRequest {
     pub dev: DevNum,
     /// `diskseq`, when it is to be checked.
     pub expected: Option<DiskSeq>,
+    /// `diskseq-partition`, when it is to be checked: the opened device
+    /// must be that partition.
+    pub partition: Option<PartitionExtent>,
     /// From `mode`: read-only unless writable.
     pub mode: Mode,
     /// The frontend asked for a cdrom.
@@ -388,9 +393,25 @@ impl<D> VbdMachine<D> {
             Ok(expected) => expected,
             Err(fatal) => return self.fatal(fatal, fx),
         };
+        // Checked like `diskseq`, and ignored with it (stock blkback).
+        let partition = match snap.partition.as_deref() {
+            Some(raw) if policy != DiskseqPolicy::Ignore => {
+                match schema::partition_from_node(raw) {
+                    Ok(partition) => Some(partition),
+                    Err(e) => {
+                        return self.fatal(
+                            Fatal::new(rustix::io::Errno::INVAL, format!("reading {e}")),
+                            fx,
+                        )
+                    }
+                }
+            }
+            _ => None,
+        };
         let request = OpenRequest {
             dev,
             expected,
+            partition,
             mode,
             cdrom: snap.frontend_device_type.as_deref() == Some(b"cdrom"),
         };
@@ -624,6 +645,7 @@ mod tests {
         PhysicalSnapshot {
             physical_device: pd.map(|s| s.as_bytes().to_vec()),
             diskseq: seq.map(|s| s.as_bytes().to_vec()),
+            partition: None,
             mode: Some(mode.as_bytes().to_vec()),
             frontend_device_type: Some(b"disk".to_vec()),
             discard_enable: true,

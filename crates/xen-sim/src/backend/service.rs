@@ -339,6 +339,7 @@ impl Backend {
         let values = self.client.read_many_atomically(&[
             &format!("{dir}/{}", node::PHYSICAL_DEVICE),
             &format!("{dir}/{}", node::DISKSEQ),
+            &format!("{dir}/{}", node::PARTITION),
             &format!("{dir}/{}", node::MODE),
             &format!("{frontend}/{}", node::frontend::DEVICE_TYPE),
             &format!("{dir}/{}", node::DISCARD_ENABLE),
@@ -348,6 +349,7 @@ impl Backend {
         let snapshot = PhysicalSnapshot {
             physical_device: next(),
             diskseq: next(),
+            partition: next(),
             mode: next(),
             frontend_device_type: next(),
             discard_enable: next().is_none_or(|v| schema::flag(Some(&v))),

@@ -172,6 +172,7 @@ pub(super) fn run_race(
         diskseq: Some(published_id.seq),
         node: None,
         backing: None,
+        partition: None,
     };
     {
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());

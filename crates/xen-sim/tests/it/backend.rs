@@ -3,6 +3,7 @@
 //! permissions, removal and restart. The script's part (publishing the
 //! record) is played by the test so each window can be controlled.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -632,4 +633,95 @@ fn a_dir_removed_and_created_again_is_probed_anew() {
     drop(dev);
     xs.rm(&path.dir()).unwrap();
     wait_detached(&image);
+}
+
+/// A partition reports its disk's diskseq: with the partition table
+/// rewritten between the publish and the open, number and diskseq still
+/// match, and only `diskseq-partition` tells the new partition 1 from the
+/// published one. The checking backend refuses it (ENODEV); the same record
+/// on an unchanged table connects; stock blkback (no check) would serve it.
+#[test]
+fn a_partition_moved_under_a_pending_record_is_refused() {
+    if !require_root("a_partition_moved_under_a_pending_record_is_refused") {
+        return;
+    }
+    let env = Env::new(&[2]);
+    let image = env.image("disk.img", "DISK", 4 * MIB);
+    let disk = testbed::loops::attach_partitioned(&image, &[(MIB, MIB)]);
+    let disk_fd = disk.block_device().as_fd().try_clone_to_owned().unwrap();
+    let mut config = env.backend_config(0);
+    let rewrite = Arc::new(Mutex::new(false));
+    let hook_rewrite = Arc::clone(&rewrite);
+    let partition_dev = format!(
+        "/sys/block/loop{}/loop{}p1/dev",
+        disk.id().minor,
+        disk.id().minor
+    );
+    config.before_open = Some(Arc::new(move |_path, request| {
+        if std::mem::take(&mut *hook_rewrite.lock().unwrap()) {
+            // The window: partition 1 now starts 2 MiB in, under the same
+            // number. A loop device's partitions get dynamic (extended)
+            // numbers, freed a moment after the delete: re-add until the
+            // kernel hands out the published one again, as a disk with
+            // fixed partition minors (sd, virtio) always does.
+            for _ in 0..500 {
+                diskseq::ioctl::delete_partition(disk_fd.as_fd(), 1).unwrap();
+                diskseq::ioctl::add_partition(disk_fd.as_fd(), 1, 2 * MIB, MIB).unwrap();
+                let now = std::fs::read_to_string(&partition_dev).unwrap();
+                if now.trim() == request.dev.to_string() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            panic!("partition 1 never got {} back", request.dev);
+        }
+        Ok(())
+    }));
+    let backend = env.start_backend(config);
+    let _guest = env.start_frontend(2);
+    let mut xs = env.dom0();
+    let seq = disk.id().seq;
+
+    // The refusal first: the connected device of the other round holds
+    // partition 1 open, and the kernel would refuse the rewrite (EBUSY).
+    for (devid, rewritten) in [(51712, true), (51728, false)] {
+        let part = diskseq::PinnedPath {
+            seq,
+            partition: Some(1),
+        }
+        .open(diskseq::Access::ReadOnly)
+        .unwrap();
+        let extent = part.partition_extent().unwrap().unwrap();
+        let path = create(&env, 2, devid, Mode::ReadOnly);
+        wait_backend_state(&mut xs, &path, XenbusState::InitWait);
+        *rewrite.lock().unwrap() = rewritten;
+        let published = part.id();
+        drop(part);
+        xs.write(
+            &path.node(node::PARTITION),
+            vbd::schema::partition_to_node(&extent),
+        )
+        .unwrap();
+        publish(
+            &mut xs,
+            &path,
+            &published.dev().to_xenstore(),
+            Some(&published.seq.to_xenstore()),
+            Path::new("/dev/part"),
+        );
+        if rewritten {
+            wait_backend_failed(&mut xs, &path);
+            let error = error_node(&mut xs, &path).expect("error node");
+            assert!(
+                error.starts_with("19 creating vbd structure") && error.contains("partition 1"),
+                "{error}"
+            );
+            assert!(backend.held_disks().is_empty());
+        } else {
+            wait_backend_state(&mut xs, &path, XenbusState::Connected);
+            assert_eq!(backend.held_disks()[0].id, published);
+        }
+    }
+    backend.stop().unwrap();
+    drop(disk);
 }

@@ -133,3 +133,52 @@ fn a_failing_attach_exits_1_with_the_hotplug_error() {
         .unwrap();
     assert_eq!(status.code(), Some(2));
 }
+
+/// A pinned name (`diskseq ls` prints it) as the target: the partition of
+/// a disk found by its sequence number on a host without udev's links, and
+/// served by the backend with the partition checked.
+#[test]
+fn attach_takes_a_pinned_partition_target() {
+    if !require_root("attach_takes_a_pinned_partition_target") {
+        return;
+    }
+    let env = Env::new(&[1]);
+    let backend = env.start_backend(env.backend_config(0));
+    let guest = env.start_frontend(1);
+    let image = env.image("disk.img", "DISK", 4 << 20);
+    let disk = testbed::loops::attach_partitioned(&image, &[(1 << 20, 1 << 20)]);
+    let target = PathBuf::from(format!("/dev/disk/by-diskseq/{}-part1", disk.id().seq));
+
+    let (output, json) = run(&mut attach(&env.socket(), &target, "r"));
+    assert!(output.status.success(), "{json}");
+    assert_eq!(json["attach"]["diskseq"], disk.id().seq.get());
+    guest
+        .wait_state(51712, XenbusState::Connected, Duration::from_secs(10))
+        .unwrap();
+    let held = backend.held_disks();
+    assert_eq!(held[0].id.seq, disk.id().seq);
+    assert_ne!(
+        held[0].id.dev(),
+        disk.id().dev(),
+        "the partition, not the disk"
+    );
+
+    // `diskseq ls` names the partition by the same pinned path.
+    let (output, rows) = run(diskseq().args(["ls", "--json"]));
+    assert!(output.status.success());
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["dev"] == held[0].id.dev().to_string())
+        .expect("the partition is listed");
+    assert_eq!(row["target"], target.display().to_string());
+
+    let (output, json) = run(diskseq()
+        .arg("detach")
+        .arg("--socket")
+        .arg(env.socket())
+        .args(["--domain", "1", "--vdev", "xvda", "--json"]));
+    assert!(output.status.success(), "{json}");
+    assert!(backend.held_disks().is_empty());
+}
