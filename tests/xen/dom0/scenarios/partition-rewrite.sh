@@ -18,7 +18,11 @@
 #     record is pending: same device number, same diskseq; the stale record
 #     is refused (19, nothing readable); the same record without the
 #     partition node — what a diskseq-only check sees — is served and reads
-#     NEW: the wrong sectors; the fresh record is served and reads NEW.
+#     NEW: the wrong sectors; the fresh record is served and reads NEW;
+#  4. block-diskseq publishes diskseq-partition for /dev/loopNp1 and for the
+#     pinned name /dev/disk/by-diskseq/<N>-part1 (resolved without udev),
+#     and blkback serves both; once disk <N> is gone (the image bound again:
+#     a new diskseq), <N> and <N>-part1 are refused with hotplug-error.
 # shellcheck shell=bash
 # shellcheck source=../blkback.sh
 source /xentest/blkback.sh
@@ -160,6 +164,54 @@ xt_expect_eq "[stale, no diskseq-partition] served, and reads the wrong sectors 
 xt_expect_eq "[fresh] the new record is served and reads the new partition" \
     "$(given fresh "$prec2" "$pdev2")" "dev=$pdev state=4 error= read=XENTEST-IMAGE NEW"
 xt_evidence_cmd "dom0 kernel" bash -c "dmesg --notime | grep 'xen_vbd_create' | tail -6"
+
+# 4. block-diskseq itself (the patched blkback still loaded): for a
+#    partition it publishes diskseq-partition, which blkback checks; a
+#    pinned name /dev/disk/by-diskseq/<N>-part<P> (no udev in this dom0:
+#    resolved by the script) is served; once disk <N> is gone, its pinned
+#    names are refused with hotplug-error, though a new disk has its number.
+# ds_attach <label> <target>: prints "rc=<xl status> dev=<physical-device>
+# part=<diskseq-partition> state=<state> read=<tag>", then detaches.
+ds_attach() {
+    local label=$1 target=$2 rc state seen=
+    : >/var/log/xen/xen-hotplug.log
+    xl block-attach 0 "format=raw, vdev=xvdb, access=r, script=$DISKSEQ_SCRIPT, target=$target" \
+        >"$XT_STATE/ds.out" 2>&1
+    rc=$?
+    [ "$rc" = 0 ] && wait_for "$XT_WAIT" decided "$BE"
+    state=$(xs_read "$BE/state")
+    [ "$state" = 4 ] && wait_for "$XT_WAIT" test -b /dev/xvdb && seen=$(read_tag /dev/xvdb)
+    echo "rc=$rc dev=$(xs_read "$BE/physical-device") part=$(xs_read "$BE/diskseq-partition") state=$state read=$seen"
+    xt_evidence_cmd "[$label] xl block-attach" cat "$XT_STATE/ds.out" >&2
+    xt_evidence_cmd "[$label] hotplug log" cat /var/log/xen/xen-hotplug.log >&2
+    xt_evidence "[$label] hotplug-error: $(xs_read "$BE/hotplug-error")" >&2
+    xl block-detach 0 xvdb >/dev/null 2>&1 || xl block-detach -f 0 xvdb >/dev/null 2>&1
+    wait_for "$XT_WAIT" xs_absent "$BE"
+    xenstore-rm "/local/domain/0/error/backend/vbd/0/$DEVID" 2>/dev/null
+}
+seq_dec=$(cat "/sys/block/$name/diskseq")
+xt_expect_eq "[block-diskseq, /dev/${name}p1] served with the partition's record, which blkback checked" \
+    "$(ds_attach partition-path "/dev/${name}p1")" "rc=0 dev=$pdev part=$prec2 state=4 read=XENTEST-IMAGE NEW"
+pinned=/dev/disk/by-diskseq/$seq_dec-part1
+xt_check "[pinned] no udev here: $pinned is not a link" test ! -e "$pinned"
+xt_expect_eq "[block-diskseq, $pinned] served, partition 1 of disk $seq_dec" \
+    "$(ds_attach pinned "$pinned")" "rc=0 dev=$pdev part=$prec2 state=4 read=XENTEST-IMAGE NEW"
+xt_check "[pinned] the script left the caller's loop device alone" test "$(loops_of "$img")" = "$loop"
+# Disk <N> goes; the image is bound again, on the same minor, as a new disk.
+losetup -d "$loop"
+wait_for 10 no_loops_of "$img"
+loop2=$(losetup -f --show -P "$img")
+wait_for 10 test -b "/dev/${loop2#/dev/}p1"
+xt_evidence "disk $seq_dec gone; the image is now $loop2 ($(stat -L -c '%t:%T' "$loop2")), diskseq $(cat "/sys/block/${loop2#/dev/}/diskseq"), partition 1 $(cat "/sys/block/${loop2#/dev/}/${loop2#/dev/}p1/dev")"
+for stale_target in "/dev/disk/by-diskseq/$seq_dec" "$pinned"; do
+    got=$(ds_attach stale-pinned "$stale_target")
+    xt_check "[stale pinned $stale_target] xl block-attach fails, nothing published (got $got)" \
+        bash -c "[[ '$got' == 'rc='[1-9]*' dev= part= '* ]]"
+    xt_check "[stale pinned $stale_target] the script says no disk has diskseq $seq_dec" \
+        grep -q "no disk has diskseq $seq_dec" "$XT_STATE/ds.out" /var/log/xen/xen-hotplug.log
+    xt_check "[stale pinned $stale_target] nothing left after detach" xs_absent "$BE"
+done
+loop=$loop2
 
 blkback_use stock
 losetup -d "$loop"
