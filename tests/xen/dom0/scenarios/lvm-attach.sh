@@ -20,8 +20,12 @@ lvm_up 64 || {
 }
 lvm_run lvcreate -q -y -n disk-a -L 8M "$LVM_VG"
 lvm_run lvcreate -q -y -n disk-b -L 8M "$LVM_VG"
-xt_check "LVs /dev/$LVM_VG/disk-a and /dev/mapper/$LVM_VG-disk-b exist" \
-    test -b "/dev/$LVM_VG/disk-a" -a -b "/dev/mapper/$LVM_VG-disk-b"
+# dm names double each "-" inside the VG and LV names: xtvg-disk--a.
+map_a=$(cat "/sys/dev/block/$(dev_of "/dev/$LVM_VG/disk-a")/dm/name" 2>/dev/null)
+map_b=$(cat "/sys/dev/block/$(dev_of "/dev/$LVM_VG/disk-b")/dm/name" 2>/dev/null)
+xt_expect_eq "dm names of the LVs (each - doubled)" "$map_a $map_b" "$LVM_VG-disk--a $LVM_VG-disk--b"
+xt_check "LVs /dev/$LVM_VG/disk-a and /dev/mapper/$map_b exist" \
+    test -b "/dev/$LVM_VG/disk-a" -a -b "/dev/mapper/$map_b"
 tag_a=lvm-a-$RANDOM$RANDOM
 tag_b=lvm-b-$RANDOM$RANDOM
 tag_device "/dev/$LVM_VG/disk-a" "$tag_a"
@@ -73,7 +77,7 @@ lv_attach() {
     xt_check "[$label] backend removed" wait_for "$XT_WAIT" xs_absent "$be"
     xt_check "[$label] /dev/xvdb gone" wait_for 10 test ! -e /dev/xvdb
     xt_check "[$label] the LV is still there, unopened" \
-        bash -c "[ \"\$(dmsetup info -c --noheadings -o open $LVM_VG-$lv | tr -d ' ')\" = 0 ]"
+        bash -c "[ \"\$(dmsetup info -c --noheadings -o open \$(cat /sys/dev/block/$(dev_of "/dev/$LVM_VG/$lv")/dm/name) | tr -d ' ')\" = 0 ]"
     if [ -n "$token" ]; then
         xt_expect_eq "[$label] the write landed in the LV" \
             "$(dd if="/dev/$LVM_VG/$lv" bs=512 skip=2048 count=1 iflag=direct status=none | tr -d ' \0')" "$token"
@@ -81,7 +85,7 @@ lv_attach() {
 }
 
 lv_attach "/dev/VG/LV, r" "/dev/$LVM_VG/disk-a" r disk-a "$tag_a"
-lv_attach "/dev/mapper/VG-LV, rw" "/dev/mapper/$LVM_VG-disk-b" rw disk-b "$tag_b"
+lv_attach "/dev/mapper/VG-LV, rw" "/dev/mapper/$map_b" rw disk-b "$tag_b"
 
 # A /dev/mapper name whose node is another dm device's: refused by the
 # script (dm name check on the opened device), nothing left after detach.
@@ -95,7 +99,7 @@ xt_evidence_cmd "[mapper name mismatch] xl block-attach" cat "$XT_STATE/attach.o
 xt_check "[mapper name mismatch] xl block-attach fails" test "$rc" != 0
 xt_evidence "[mapper name mismatch] hotplug-error: $(xs_read "$be/hotplug-error")"
 xt_check "[mapper name mismatch] the script names the dm device it found" \
-    grep -q "is dm device \"$LVM_VG-disk-a\"" "$XT_STATE/attach.out" /var/log/xen/xen-hotplug.log
+    grep -q "is dm device \"$map_a\", not \"$LVM_VG-fake\"" "$XT_STATE/attach.out" /var/log/xen/xen-hotplug.log
 xt_check "[mapper name mismatch] no physical-device published" xs_absent "$be/physical-device"
 xl block-detach 0 xvdb >/dev/null 2>&1
 xt_check "[mapper name mismatch] nothing left after detach" wait_for "$XT_WAIT" xs_absent "$be"
@@ -119,7 +123,7 @@ vcpus = 1
 on_poweroff = "destroy"
 on_crash = "destroy"
 disk = [ 'format=raw, vdev=xvda, access=r, script=$DISKSEQ_SCRIPT, target=/dev/$LVM_VG/disk-a',
-         'format=raw, vdev=xvdb, access=rw, script=$DISKSEQ_SCRIPT, target=/dev/mapper/$LVM_VG-disk-b' ]
+         'format=raw, vdev=xvdb, access=rw, script=$DISKSEQ_SCRIPT, target=/dev/mapper/$map_b' ]
 EOF
 xl create "$XT_STATE/lvm-guest.cfg" >"$XT_STATE/create.out" 2>&1
 xt_expect_eq "[guest] xl create exit status" "$?" 0
@@ -147,7 +151,7 @@ xl destroy "$name"
 xt_check "[guest] both backends removed" wait_for "$XT_WAIT" \
     bash -c "! xenstore-exists $(backend_dir "$domid" 51712) && ! xenstore-exists $(backend_dir "$domid" 51728)"
 xt_check "[guest] both LVs closed again" \
-    bash -c "[ \"\$(dmsetup info -c --noheadings -o open $LVM_VG-disk-a $LVM_VG-disk-b | tr -d ' ' | tr '\n' ,)\" = 0,0, ]"
+    bash -c "[ \"\$(dmsetup info -c --noheadings -o open $map_a $map_b | tr -d ' ' | tr '\n' ,)\" = 0,0, ]"
 xt_expect_eq "[guest] its write landed in disk-b at 1 MiB" \
     "$(dd if="/dev/$LVM_VG/disk-b" bs=1M skip=1 count=1 iflag=direct status=none | head -1 | tr -d '\0')" "GUEST-WROTE $token"
 xt_expect_eq "[guest] disk-a unchanged" "$(read_tag "/dev/$LVM_VG/disk-a")" "XENTEST-IMAGE $tag_a"
