@@ -79,12 +79,13 @@ adversary() {
 
 # part <label> <variant> <script> <trigger> [env...]: sets P_RIGHT, P_WRONG,
 # P_REFUSED, P_OTHER, P_SWAPPED (swaps that landed before the publish and
-# took the published minor), P_SWAP_WRONG (those served EVIL), P_SWAP_REFUSED.
+# took the published minor), P_SWAP_WRONG (those served EVIL), P_SWAP_REFUSED,
+# P_IN_USE (the adversary's lvremove failed: the volume was held open).
 part() {
     local label=$1 variant=$2 script=$3 trigger=$4 i state seen err adv pub swapped
     shift 4
     blkback_use "$variant"
-    P_RIGHT=0 P_WRONG=0 P_REFUSED=0 P_OTHER=0 P_SWAPPED=0 P_SWAP_WRONG=0 P_SWAP_REFUSED=0
+    P_RIGHT=0 P_WRONG=0 P_REFUSED=0 P_OTHER=0 P_SWAPPED=0 P_SWAP_WRONG=0 P_SWAP_REFUSED=0 P_IN_USE=0
     for ((i = 1; i <= attempts; i++)); do
         xt_check "[$label $i] the victim is back on its extents" victim_back
         : >"$LOG"
@@ -115,6 +116,7 @@ part() {
                 P_SWAPPED=$((P_SWAPPED + 1))
             fi
         fi
+        [[ "$adv" == refused*"in use"* ]] && P_IN_USE=$((P_IN_USE + 1))
         case "$state/$seen" in
         "4/XENTEST-IMAGE VICTIM") P_RIGHT=$((P_RIGHT + 1)) ;;
         "4/XENTEST-IMAGE EVIL")
@@ -168,6 +170,10 @@ xt_figure diskseq_attempts "$attempts"
 xt_figure diskseq_wrong_disk "$P_WRONG"
 xt_figure diskseq_right_disk "$P_RIGHT"
 xt_figure diskseq_refused "$P_REFUSED"
+xt_figure diskseq_adversary_lvremove_in_use "$P_IN_USE"
+# The script holds the volume from its lookup until blkback's opened = 1,
+# and blkback from then on: the adversary never gets to remove it.
+xt_expect_eq "[block-diskseq] every lvremove of the adversary failed: volume in use" "$P_IN_USE" "$attempts"
 xt_expect_eq "[block-diskseq] the adversary's volume was never served" "$P_WRONG" 0
 xt_expect_eq "[block-diskseq] every attempt served the victim or was refused" "$((P_RIGHT + P_REFUSED))" "$attempts"
 
