@@ -80,12 +80,14 @@ adversary() {
 # part <label> <variant> <script> <trigger> [env...]: sets P_RIGHT, P_WRONG,
 # P_REFUSED, P_OTHER, P_SWAPPED (swaps that landed before the publish and
 # took the published minor), P_SWAP_WRONG (those served EVIL), P_SWAP_REFUSED,
-# P_IN_USE (the adversary's lvremove failed: the volume was held open).
+# P_IN_USE (the adversary's lvremove failed: the volume was held open),
+# P_GONE (blkback found no device: removed, the new one not yet created —
+# "2 creating vbd structure", nothing served).
 part() {
     local label=$1 variant=$2 script=$3 trigger=$4 i state seen err adv pub swapped
     shift 4
     blkback_use "$variant"
-    P_RIGHT=0 P_WRONG=0 P_REFUSED=0 P_OTHER=0 P_SWAPPED=0 P_SWAP_WRONG=0 P_SWAP_REFUSED=0 P_IN_USE=0
+    P_RIGHT=0 P_WRONG=0 P_REFUSED=0 P_OTHER=0 P_SWAPPED=0 P_SWAP_WRONG=0 P_SWAP_REFUSED=0 P_IN_USE=0 P_GONE=0
     for ((i = 1; i <= attempts; i++)); do
         xt_check "[$label $i] the victim is back on its extents" victim_back
         : >"$LOG"
@@ -127,6 +129,8 @@ part() {
             if [[ "$err" == "19 creating vbd structure"* ]]; then
                 P_REFUSED=$((P_REFUSED + 1))
                 [ $swapped = 1 ] && P_SWAP_REFUSED=$((P_SWAP_REFUSED + 1))
+            elif [[ "$err" == "2 creating vbd structure"* ]]; then
+                P_GONE=$((P_GONE + 1))
             else
                 P_OTHER=$((P_OTHER + 1))
             fi
@@ -139,7 +143,7 @@ part() {
         wait_for "$XT_WAIT" xs_absent "$BE"
         xenstore-rm "/local/domain/0/error/backend/vbd/0/$DEVID" 2>/dev/null
     done
-    xt_evidence "[$label] $attempts attempts: right $P_RIGHT, wrong $P_WRONG, refused $P_REFUSED, other $P_OTHER; swaps in the window $P_SWAPPED (served $P_SWAP_WRONG, refused $P_SWAP_REFUSED)"
+    xt_evidence "[$label] $attempts attempts: right $P_RIGHT, wrong $P_WRONG, refused $P_REFUSED, no device $P_GONE, other $P_OTHER; swaps in the window $P_SWAPPED (served $P_SWAP_WRONG, refused $P_SWAP_REFUSED)"
 }
 
 # 1. Stock blkback, the number alone.
@@ -148,6 +152,7 @@ xt_figure stock_attempts "$attempts"
 xt_figure stock_swaps_in_window "$P_SWAPPED"
 xt_figure stock_wrong_disk "$P_WRONG"
 xt_figure stock_right_disk "$P_RIGHT"
+xt_figure stock_no_device "$P_GONE"
 xt_check "[stock] the race happened: at least one swap landed in the window" test "$P_SWAPPED" -ge 1
 xt_expect_eq "[stock] every swap in the window served the adversary's volume" "$P_SWAP_WRONG" "$P_SWAPPED"
 
@@ -158,10 +163,12 @@ xt_figure patched_swaps_in_window "$P_SWAPPED"
 xt_figure patched_wrong_disk "$P_WRONG"
 xt_figure patched_refused "$P_REFUSED"
 xt_figure patched_right_disk "$P_RIGHT"
+xt_figure patched_no_device "$P_GONE"
 xt_expect_eq "[patched] the adversary's volume was never served" "$P_WRONG" 0
 xt_check "[patched] the race happened: at least one swap landed in the window" test "$P_SWAPPED" -ge 1
 xt_expect_eq "[patched] every swap in the window refused with ENODEV" "$P_SWAP_REFUSED" "$P_SWAPPED"
-xt_expect_eq "[patched] every attempt served the victim or was refused" "$((P_RIGHT + P_REFUSED))" "$attempts"
+xt_expect_eq "[patched] every attempt served the victim, or was refused, or found no device" \
+    "$((P_RIGHT + P_REFUSED + P_GONE))" "$attempts"
 
 # 3. The patched blkback, block-diskseq (the adversary strikes at the publish).
 : >"$LOG"
