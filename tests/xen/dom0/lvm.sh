@@ -72,12 +72,6 @@ tag_device() {
         dd of="$1" bs=512 seek="${3:-0}" conv=sync,fsync oflag=direct status=none
 }
 
-# The tag at a sector of a device (read_tag for sector 0).
-read_tag_at() {
-    dd if="$1" bs=512 skip="$2" count=1 iflag=direct status=none 2>/dev/null |
-        head -1 | tr -cd 'A-Za-z0-9 _.:-'
-}
-
 # dm devices in the kernel (dmsetup's table names), one per line.
 dm_names() { dmsetup ls 2>/dev/null | awk '$1 != "No" { print $1 }'; }
 
