@@ -14,7 +14,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${KERNEL_OUT:-$here/out}
 # Our version of the patch: bump when kernel/patches changes.
-PATCH_VERSION=1
+PATCH_VERSION=2
 
 "$here/build.sh" "$@" >/dev/null
 kernel_version=$(awk '$1 == "version" { print $2 }' "$out/build-info")

@@ -177,6 +177,14 @@ xt_cleanup() {
     for vdev in $(xenstore-list /local/domain/0/backend/vbd/0 2>/dev/null); do
         xl block-detach 0 "$vdev" >/dev/null 2>&1
     done
+    # An lvm-* scenario that ended early: its volume group holds the loop
+    # device under it.
+    if [ -n "$(dmsetup ls 2>/dev/null | grep -v '^No devices')" ]; then
+        DM_DISABLE_UDEV=1 vgremove -q -f xtvg >/dev/null 2>&1
+        DM_DISABLE_UDEV=1 dmsetup remove_all >/dev/null 2>&1
+        rm -f /tmp/lvm-pv.img
+        echo "XENTEST NOTE cleanup after $XT_SCENARIO: device-mapper devices removed"
+    fi
     losetup -D >/dev/null 2>&1
     # A kernel-* scenario that ended early may have left the patched
     # blkback loaded: the next scenario expects Debian's.

@@ -9,12 +9,15 @@ WORK_DIR=${XENTEST_WORK:-$XEN_DIR/work}
 
 # The dom0 modules the scenarios need (and their dependencies, resolved by
 # modprobe): the Xen device drivers, blkback to serve disks, blkfront so dom0
-# can attach its own disks, loop for file targets.
-DOM0_MODULES=(xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback xen-blkfront)
+# can attach its own disks, loop for file targets, dm-mod for LVM volumes
+# (issue 14's lvm-* scenarios).
+DOM0_MODULES=(xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop dm-mod xen-blkback xen-blkfront)
 GUEST_MODULES=(xen-blkfront)
 
-# Packages inside the dom0 root, beyond debootstrap's minbase.
-DOM0_PACKAGES=xen-utils-4.17,xenstore-utils,kmod,util-linux,procps
+# Packages inside the dom0 root, beyond debootstrap's minbase: lvm2 for the
+# LVM volumes and fdisk for sfdisk (partition tables) of issue 14's
+# lvm-* and partition-* scenarios.
+DOM0_PACKAGES=xen-utils-4.17,xenstore-utils,kmod,util-linux,procps,lvm2,fdisk
 
 log() { printf 'xentest: %s\n' "$*" >&2; }
 die() {

@@ -13,15 +13,31 @@
 # error node's errno, and the kernel's message must start the model's (which
 # may add detail). The connected half (Connected, the nodes of the connect)
 # is compared by backend-vs-blkback and read through by kernel-check.
+#
+#   kernel-differential.sh [partition]
+# With `partition` (scenario kernel-differential-partition), the cases are
+# issue 14's partition records instead: partition 1 of a loop device with a
+# partition table, and the `diskseq-partition` node (patch 0002).
 # shellcheck shell=bash
 # shellcheck source=../blkback.sh
 source /xentest/blkback.sh
 
 DEVID=$(vdev_devid xvdb)
+mode=${1:-diskseq}
 img=/tmp/kernel-differential.img
 make_image "$img" 32 differential
-loop=$(losetup -f --show -r "$img") || exit 1
-pdev=$(stat -L -c '%t:%T' "$loop")
+if [ "$mode" = partition ]; then
+    # Partition 1 at 2048, 8192 sectors: its record is 1:800:2000.
+    printf 'label: dos\nstart=2048, size=8192, type=83\n' | sfdisk -q "$img" >/dev/null 2>&1
+    loop=$(losetup -f --show -r -P "$img") || exit 1
+    wait_for 10 test -b "${loop}p1"
+    disk=$(stat -L -c '%t:%T' "$loop")
+    pdev=$(stat -L -c '%t:%T' "${loop}p1")
+    xt_evidence "partition 1: ${loop}p1 ($pdev), start $(cat "/sys/block/${loop#/dev/}/${loop#/dev/}p1/start"), size $(cat "/sys/block/${loop#/dev/}/${loop#/dev/}p1/size")"
+else
+    loop=$(losetup -f --show -r "$img") || exit 1
+    pdev=$(stat -L -c '%t:%T' "$loop")
+fi
 hex=$(printf '%x' "$(cat "/sys/block/${loop#/dev/}/diskseq")")
 xt_evidence "device: $loop ($pdev, diskseq $hex)"
 # A device number no driver serves (major 240 is for local experiments).
@@ -45,11 +61,11 @@ drive() {
         "$be/params" "$loop" "$be/discard-enable" 1 "$be/specification" xen
     wait_for "$XT_WAIT" xs_equals "$be/state" 2
     before=$(xs_read "$be/opened" || echo '<absent>')
-    if [ $# -gt 0 ]; then
-        xenstore-write "$be/physical-device" "$dev" "$be/diskseq" "$1" "$be/hotplug-status" connected
-    else
-        xenstore-write "$be/physical-device" "$dev" "$be/hotplug-status" connected
-    fi
+    local nodes=("$be/physical-device" "$dev")
+    [ $# -gt 0 ] && nodes+=("$be/diskseq" "$1")
+    # The partition cases' node (DRIVE_PARTITION unset: none).
+    [ -n "${DRIVE_PARTITION+set}" ] && nodes+=("$be/diskseq-partition" "$DRIVE_PARTITION")
+    xenstore-write "${nodes[@]}" "$be/hotplug-status" connected
     wait_for "$XT_WAIT" settled "$be"
     # Anything written after the decision would show here.
     sleep 0.3
@@ -105,7 +121,38 @@ xenstore-rm /local/domain/7 /local/domain/5 /local/domain/6 2>/dev/null
 diskseq backend --domid 7 >"$XT_STATE/model.log" 2>&1 &
 model_pid=$!
 cases=0
-while read -r label dev seq want; do
+if [ "$mode" = partition ]; then
+    # <label> <dev> <diskseq or -> <diskseq-partition or -> <expected>
+    while read -r label dev seq part want; do
+        [ -n "$label" ] || continue
+        dev=${dev/DISK/$disk}
+        dev=${dev/PART/$pdev}
+        want=${want//_/ }
+        [ "$part" = "''" ] && part=
+        cases=$((cases + 1))
+        if [ "$part" = - ]; then unset DRIVE_PARTITION; else DRIVE_PARTITION=$part; fi
+        case $seq in
+        -) compare "$label" "$want" "$dev" </dev/null ;;
+        *) compare "$label" "$want" "$dev" "${seq//HEX/$hex}" </dev/null ;;
+        esac
+    done <<EOF
+part-right PART HEX 1:800:2000 ok
+part-absent PART HEX - ok
+part-without-diskseq PART - 1:800:2000 ok
+part-whole-disk DISK HEX 1:800:2000 19_creating_vbd_structure
+part-other-number PART HEX 2:800:2000 19_creating_vbd_structure
+part-other-start PART HEX 1:801:2000 19_creating_vbd_structure
+part-other-size PART HEX 1:800:1fff 19_creating_vbd_structure
+part-number-above-u32 PART HEX 100000000:800:2000 19_creating_vbd_structure
+part-leading-zero PART HEX 01:800:2000 22_invalid_diskseq-partition
+part-number-zero PART HEX 0:800:2000 22_invalid_diskseq-partition
+part-upper-case PART HEX 1:800:2A00 22_invalid_diskseq-partition
+part-two-fields PART HEX 1:800 22_invalid_diskseq-partition
+part-empty PART HEX '' 22_invalid_diskseq-partition
+EOF
+    unset DRIVE_PARTITION
+fi
+while [ "$mode" != partition ] && read -r label dev seq want; do
     [ -n "$label" ] || continue
     dev=${dev/NODEV/$NODEV}
     dev=${dev/DEV/$pdev}
