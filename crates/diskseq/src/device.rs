@@ -41,8 +41,10 @@ impl Access {
 /// `bdev_nr_sectors()`; sysfs `partition`, `start`, `size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PartitionExtent {
-    /// The partition number (1 and up).
-    pub number: u32,
+    /// The partition number (1 and up). As wide as the record's field (16
+    /// hex digits, as the kernel patch reads it), so that a well-formed
+    /// record naming a number no partition has is a mismatch, not an error.
+    pub number: u64,
     /// The first sector on the disk.
     pub start: u64,
     /// The length in sectors.
@@ -220,7 +222,7 @@ impl BlockDevice {
         let bytes = ioctl::size_bytes(self.fd.as_fd())
             .map_err(|e| Error::io("BLKGETSIZE64 on", &self.path, e))?;
         Ok(Some(PartitionExtent {
-            number,
+            number: u64::from(number),
             start,
             sectors: bytes / 512,
         }))

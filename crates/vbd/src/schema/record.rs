@@ -155,10 +155,9 @@ pub fn partition_from_node(raw: &[u8]) -> Result<PartitionExtent, SchemaError> {
     else {
         return Err(invalid());
     };
-    let number = u32::try_from(number)
-        .ok()
-        .filter(|&n| n >= 1)
-        .ok_or_else(invalid)?;
+    if number == 0 {
+        return Err(invalid());
+    }
     Ok(PartitionExtent {
         number,
         start,

@@ -398,11 +398,12 @@ impl<D> VbdMachine<D> {
             Some(raw) if policy != DiskseqPolicy::Ignore => {
                 match schema::partition_from_node(raw) {
                     Ok(partition) => Some(partition),
-                    Err(e) => {
-                        return self.fatal(
-                            Fatal::new(rustix::io::Errno::INVAL, format!("reading {e}")),
-                            fx,
-                        )
+                    // The patched blkback's words for every malformed form
+                    // (kernel/patches/0002), then the value.
+                    Err(_) => {
+                        let value = String::from_utf8_lossy(raw);
+                        let message = format!("invalid {}: {value:?}", node::PARTITION);
+                        return self.fatal(Fatal::new(rustix::io::Errno::INVAL, message), fx);
                     }
                 }
             }
@@ -871,6 +872,49 @@ mod tests {
             assert!(fatal.message.starts_with(message), "{seq:?}: {fatal}");
             assert_eq!(fx[1], Effect::SwitchState(Closing));
         }
+    }
+
+    /// The partition node, as the patched blkback reads it (patch 0002):
+    /// every malformed form is EINVAL with the kernel's words first; a
+    /// well-formed one, however large its numbers, goes to the open, where
+    /// only the device decides (kernel-differential-partition on real Xen).
+    #[test]
+    fn the_partition_node_is_read_as_the_kernel_reads_it() {
+        for bad in ["", "1:800", "0:800:1", "1:0800:1", "1:800:1:2", "1:800:1G"] {
+            let mut m = probed();
+            let mut snap = snapshot(Some("7:0"), Some("2a"), "w");
+            snap.partition = Some(bad.as_bytes().to_vec());
+            let fx = m.on_physical_device(&snap, DiskseqPolicy::Verify, |_| {
+                panic!("opened with diskseq-partition {bad:?}")
+            });
+            let Some(Effect::Fatal(fatal)) = fx.first() else {
+                panic!("{bad:?}: {fx:?}")
+            };
+            assert_eq!(fatal.errno, 22, "{bad:?}");
+            assert!(
+                fatal.message.starts_with("invalid diskseq-partition"),
+                "{bad:?}: {fatal}"
+            );
+        }
+        let mut m = probed();
+        let mut snap = snapshot(Some("7:0"), Some("2a"), "w");
+        snap.partition = Some(b"100000000:800:2000".to_vec());
+        let mut asked = None;
+        m.on_physical_device(&snap, DiskseqPolicy::Verify, |req| {
+            asked = req.partition;
+            Err(Fatal::new(rustix::io::Errno::NODEV, "no such partition"))
+        });
+        assert_eq!(asked.map(|p| p.number), Some(1 << 32));
+        // Stock blkback ignores it with diskseq.
+        let mut m = probed();
+        let mut snap = snapshot(Some("7:0"), Some("2a"), "w");
+        snap.partition = Some(b"garbage".to_vec());
+        let mut asked = None;
+        m.on_physical_device(&snap, DiskseqPolicy::Ignore, |req| {
+            asked = Some(req.partition);
+            Err(Fatal::new(rustix::io::Errno::NODEV, "stop here"))
+        });
+        assert_eq!(asked, Some(None));
     }
 
     #[test]
