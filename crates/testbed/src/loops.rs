@@ -31,11 +31,16 @@ pub fn attach_loop(image: &Path, read_only: bool) -> LoopDevice {
         read_only,
         ..autoclear()
     };
-    // Under churn (parallel tests detaching by autoclear) every free minor
-    // can be briefly claimed by another attach: retry for a while.
+    attach_retrying(&file, &opts, image)
+}
+
+/// [`LoopDevice::attach`], retried for a while: under churn (parallel
+/// tests detaching by autoclear) every free minor can be briefly claimed by
+/// another attach.
+fn attach_retrying(file: &File, opts: &LoopOptions, image: &Path) -> LoopDevice {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match LoopDevice::attach(file.as_fd(), &opts) {
+        match LoopDevice::attach(file.as_fd(), opts) {
             Ok(dev) => return dev,
             Err(Error::NoFreeLoop { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
@@ -112,7 +117,7 @@ pub fn attach_partitioned(image: &Path, partitions: &[(u64, u64)]) -> LoopDevice
         partscan: true,
         ..autoclear()
     };
-    let disk = LoopDevice::attach(file.as_fd(), &opts).expect("attach a partitioned disk");
+    let disk = attach_retrying(&file, &opts, image);
     for (number, &(start, length)) in (1..).zip(partitions) {
         diskseq::ioctl::add_partition(disk.as_fd(), number, start, length)
             .expect("add a partition");
