@@ -1,21 +1,19 @@
 //! `add`: read the inputs, open the target once, check sharing, publish the
 //! record in one transaction, then hold the device until the backend has it.
 //!
-//! The xenstore work is laid out for the fewest round trips the protocol
-//! allows. The first round trip registers the handoff watches, reads the
-//! inputs and starts the publishing transaction (a transaction id is only
-//! known from its START reply, so nothing of the transaction can ride with
-//! it). The device is then opened and attached from those values. The
-//! transaction reads the inputs again — so every input the script acted on
-//! is part of what the commit checks: a toolstack rewriting one meanwhile
-//! makes the commit fail, or the comparison with what was acted on does —
-//! and writes the record in the same batch (2), then commits (3). A file
-//! with no other user is published in those three round trips; a block
-//! device, or a file some other loop device is bound to, adds the reads of
-//! every other vbd's record (the sharing scan). The handoff then needs no
-//! round trip of its own: its watches were registered in the first, and the
-//! transaction's reads are its starting point. (Only a backend that checks
-//! `diskseq` gets a wait at all; see `handoff`.)
+//! The xenstore work is laid out for the fewest requests and round trips
+//! the protocol allows: one transaction, read once, written once. The first
+//! round trip starts it and reads the inputs inside it (pipelined behind
+//! TRANSACTION_START under the id the daemon will most likely give it: see
+//! [`Client::start_transaction_and_read`]). The device is opened and
+//! attached from those values while the transaction stays open; since it
+//! read them, a toolstack rewriting one meanwhile makes the commit fail
+//! and the work is checked again. The second round trip writes the record
+//! (and, only for a backend that checks `diskseq`, registers the handoff
+//! watches); the third commits. A file with no other user is published in
+//! those three round trips and 16 requests; a block device, or a file some
+//! other loop device is bound to, adds the reads of every other vbd's
+//! record (the sharing scan) before the writes.
 //!
 //! Reading every other record inside the publishing transaction is what
 //! makes the sharing check race-free without a global lock: if another add
@@ -118,12 +116,7 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
     let backend = &cfg.backend;
     let paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let watched = handoff::watched_nodes(backend);
-    let watches: Vec<(&str, &str)> = watched
-        .iter()
-        .map(|path| (path.as_str(), handoff::WATCH_TOKEN))
-        .collect();
-    let (values, tx) = client.watch_read_and_start_transaction(&watches, &refs)?;
+    let (tx, values) = client.start_transaction_and_read(&refs)?;
     let Some(inputs) = Inputs::parse(backend, &values)? else {
         log.line("add: physical-device already present; nothing to do");
         return Ok(AddOutcome::AlreadyPresent);
@@ -164,7 +157,8 @@ pub fn add(cfg: &Config, client: &mut Client, log: &mut Log) -> Result<AddOutcom
     } else {
         HostUsers::gather(cfg, &target)?
     };
-    let Some(known) = publish(tx, backend, &inputs, &target, &host, log)? else {
+    let first = Attempt { values, handoff };
+    let Some(known) = publish(tx, backend, &inputs, first, &target, &host, log)? else {
         log.line("add: another run published physical-device first; dropping this device");
         return Ok(AddOutcome::AlreadyPresent);
     };
@@ -332,19 +326,31 @@ fn check_waiting(backend: &BackendPath, raw_state: Option<&[u8]>) -> Result<(), 
     }
 }
 
+/// What the publishing transaction's first run starts from: the inputs as
+/// its first round trip read them, and the handoff chosen from them.
+struct Attempt {
+    values: Vec<Option<Vec<u8>>>,
+    handoff: Handoff,
+}
+
 /// The publishing transaction, started in the first round trip: its first
 /// run, and any re-run after EAGAIN. `None` when another run published
 /// first; else the values of `opened` and `state` as of the commit, where
 /// the handoff wait starts.
 ///
-/// Its reads, in one pipelined batch: our own inputs again and every other
-/// vbd's `physical-device`; then, only for records that name our disk, their
-/// `diskseq` and `mode` in a second batch (usually none). When no other vbd
-/// can hold the disk, the record's writes ride in the first batch.
+/// A re-run reads the inputs again and stops if one changed from what the
+/// device was prepared from. Then, for the sharing scan only, every other
+/// vbd's `physical-device` in one pipelined batch and, only for records that
+/// name our disk, their `diskseq` and `mode` (usually none). Then the
+/// record's writes in one batch, with the handoff watches when the backend
+/// checks `diskseq` (registered once, before the commit: a change after the
+/// commit fires them, a change before it to a node read here fails the
+/// commit).
 fn publish(
     tx: Transaction<'_>,
     backend: &BackendPath,
     inputs: &Inputs,
+    first: Attempt,
     target: &Target,
     host: &HostUsers,
     log: &mut Log,
@@ -360,86 +366,98 @@ fn publish(
         .iter()
         .map(|(p, v)| (p.as_str(), v.as_slice()))
         .collect();
+    let watched = handoff::watched_nodes(backend);
+    let watches: Vec<(&str, &str)> = match first.handoff {
+        Handoff::Opened => watched
+            .iter()
+            .map(|path| (path.as_str(), handoff::WATCH_TOKEN))
+            .collect(),
+        Handoff::Persistent => Vec::new(),
+    };
+    let mut watches_pending = !watches.is_empty();
     let check_sharing = !inputs.mode.sharing_waived();
-    // Without other vbds to read, the record's writes go out in the same
-    // batch as the re-reads (one round trip instead of two): the reads are
-    // answered before the writes are applied, and a check that fails
-    // aborts the transaction, which discards them.
     let scan = check_sharing && host.vbds_may_hold;
+    let input_paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
+    let input_refs: Vec<&str> = input_paths.iter().map(String::as_str).collect();
     let mut skipped = Vec::new();
     let mut attempts = 0u32;
-    let result = tx.run(|tx| -> Result<handoff::Known, Halt> {
-        attempts += 1;
-        skipped.clear();
-        let others = if scan {
-            holders::other_vbds(tx, backend)?
-        } else {
-            Vec::new()
-        };
-        let mut paths: Vec<String> = INPUT_NODES.iter().map(|n| backend.node(n)).collect();
-        paths.extend(others.iter().map(|o| o.node(node::PHYSICAL_DEVICE)));
-        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let values = if scan {
-            tx.read_many(&refs)?
-        } else {
-            fault::point("before-publish");
-            tx.read_many_then_write(&refs, &items)?
-        };
-        let own = &values[..INPUT_NODES.len()];
-        let Some(now) = Inputs::parse(backend, own)? else {
-            return Err(Halt::PublishedByAnother);
-        };
-        if let Some(node) = now.changed_since(inputs) {
-            return Err(HotplugError::InputsChanged {
-                backend: backend.dir(),
-                node,
-            }
-            .into());
-        }
-
-        if check_sharing {
-            let mut candidates = Vec::new();
-            for (other, raw) in others.iter().zip(&values[INPUT_NODES.len()..]) {
-                match holders::same_disk_record(raw.as_deref(), host) {
-                    Ok(Some(dev)) => candidates.push((other, dev)),
-                    Ok(None) => {}
-                    Err(reason) => skipped.push(format!("{other}: {reason}")),
-                }
-            }
-            let mut holders = host.mounts.clone();
-            holders.extend(host.stacked.iter().cloned());
-            let mut vbd_devs = Vec::new();
-            for (other, dev, holder) in
-                holders::vbd_holders(tx, &candidates, inputs.frontend_id, host)?
-            {
-                match holder {
-                    Ok(Some(holder)) => {
-                        vbd_devs.push(dev);
-                        holders.push(holder);
+    let run =
+        |tx: &mut Transaction<'_>, own: Vec<Option<Vec<u8>>>| -> Result<handoff::Known, Halt> {
+            attempts += 1;
+            skipped.clear();
+            // The first run's values are the ones the device was prepared from.
+            if attempts > 1 {
+                let Some(now) = Inputs::parse(backend, &own)? else {
+                    return Err(Halt::PublishedByAnother);
+                };
+                if let Some(node) = now.changed_since(inputs) {
+                    return Err(HotplugError::InputsChanged {
+                        backend: backend.dir(),
+                        node,
                     }
-                    Ok(None) => {}
-                    Err(reason) => skipped.push(format!("{other}: {reason}")),
+                    .into());
                 }
             }
-            // A loop device that some vbd publishes is that vbd's, and the
-            // same-VM exemption applies to it; the rest are the host's.
-            holders.extend(
-                host.loops
-                    .iter()
-                    .filter(|(dev, _)| !vbd_devs.contains(dev))
-                    .map(|(_, h)| h.clone()),
-            );
-            sharing::check(&inputs.params, inputs.mode, &holders)?;
-        }
-        if scan {
+
+            if check_sharing {
+                let others = if scan {
+                    holders::other_vbds(tx, backend)?
+                } else {
+                    Vec::new()
+                };
+                let mut candidates = Vec::new();
+                if !others.is_empty() {
+                    let paths: Vec<String> = others
+                        .iter()
+                        .map(|o| o.node(node::PHYSICAL_DEVICE))
+                        .collect();
+                    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+                    for (other, raw) in others.iter().zip(tx.read_many(&refs)?) {
+                        match holders::same_disk_record(raw.as_deref(), host) {
+                            Ok(Some(dev)) => candidates.push((other, dev)),
+                            Ok(None) => {}
+                            Err(reason) => skipped.push(format!("{other}: {reason}")),
+                        }
+                    }
+                }
+                let mut holders = host.mounts.clone();
+                holders.extend(host.stacked.iter().cloned());
+                let mut vbd_devs = Vec::new();
+                for (other, dev, holder) in
+                    holders::vbd_holders(tx, &candidates, inputs.frontend_id, host)?
+                {
+                    match holder {
+                        Ok(Some(holder)) => {
+                            vbd_devs.push(dev);
+                            holders.push(holder);
+                        }
+                        Ok(None) => {}
+                        Err(reason) => skipped.push(format!("{other}: {reason}")),
+                    }
+                }
+                // A loop device that some vbd publishes is that vbd's, and the
+                // same-VM exemption applies to it; the rest are the host's.
+                holders.extend(
+                    host.loops
+                        .iter()
+                        .filter(|(dev, _)| !vbd_devs.contains(dev))
+                        .map(|(_, h)| h.clone()),
+                );
+                sharing::check(&inputs.params, inputs.mode, &holders)?;
+            }
             fault::point("before-publish");
-            tx.write_many(&items)?;
-        }
-        Ok(handoff::Known {
-            opened: own[6].clone(),
-            state: own[4].clone(),
-        })
-    });
+            if watches_pending {
+                watches_pending = false;
+                tx.watch_and_write_many(&watches, &items)?;
+            } else {
+                tx.write_many(&items)?;
+            }
+            Ok(handoff::Known {
+                opened: own[6].clone(),
+                state: own[4].clone(),
+            })
+        };
+    let result = tx.run_reading(&input_refs, first.values, run);
     for line in &skipped {
         log.line(format_args!(
             "add: sharing check skipped unreadable record {line}"

@@ -130,7 +130,8 @@ struct Withdrawn {
 }
 
 /// Reads the record (and `params`) and deletes the record's nodes, in one
-/// transaction.
+/// transaction: three round trips (START with the reads, the removals, the
+/// commit).
 fn withdraw(client: &mut Client, backend: &BackendPath) -> Result<Withdrawn, HotplugError> {
     let paths: Vec<String> = PublishedDevice::NODES
         .iter()
@@ -139,27 +140,27 @@ fn withdraw(client: &mut Client, backend: &BackendPath) -> Result<Withdrawn, Hot
         .collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     let record_refs = &refs[..PublishedDevice::NODES.len()];
-    let withdrawn = client.transaction(|tx| -> Result<_, HotplugError> {
-        let mut values = tx.read_many(&refs)?;
-        let params = values.pop().flatten();
-        if values[0].is_none() {
-            return Ok(Withdrawn {
-                record: None,
+    let withdrawn =
+        client.transaction_reading(&refs, |tx, mut values| -> Result<_, HotplugError> {
+            let params = values.pop().flatten();
+            if values[0].is_none() {
+                return Ok(Withdrawn {
+                    record: None,
+                    params,
+                });
+            }
+            let present: Vec<&str> = record_refs
+                .iter()
+                .zip(&values)
+                .filter(|(_, value)| value.is_some())
+                .map(|(path, _)| *path)
+                .collect();
+            tx.rm_many(&present)?;
+            Ok(Withdrawn {
+                record: Some(values),
                 params,
-            });
-        }
-        let present: Vec<&str> = record_refs
-            .iter()
-            .zip(&values)
-            .filter(|(_, value)| value.is_some())
-            .map(|(path, _)| *path)
-            .collect();
-        tx.rm_many(&present)?;
-        Ok(Withdrawn {
-            record: Some(values),
-            params,
-        })
-    })?;
+            })
+        })?;
     Ok(withdrawn)
 }
 

@@ -496,11 +496,10 @@ fn remove_never_detaches_by_malformed_or_unprovable_records() {
     }
 }
 
-/// add registers its watches, reads its inputs and starts its transaction
-/// in one round trip, then re-reads and publishes in that transaction; the
-/// counts are pinned so they cannot silently regress. (Round trips, not
-/// requests, are what costs on real Xen: docs/real-xen.md, "Issue 10 on
-/// real Xen".)
+/// add starts its transaction and reads its inputs in it in one round trip,
+/// then publishes in that transaction; the counts are pinned so they cannot
+/// silently regress. (On real Xen each round trip and each request costs:
+/// docs/real-xen.md, "Where a script add's time goes".)
 #[test]
 fn add_and_remove_round_trips_are_pinned() {
     if !require_root("add_and_remove_round_trips_are_pinned") {
@@ -509,39 +508,47 @@ fn add_and_remove_round_trips_are_pinned() {
     let bed = Bed::new();
     let counter = RoundTripCounter::start(&bed);
     let via_counter = [("XENSTORED_PATH", counter.socket.to_str().unwrap())];
-    let trips = || counter.round_trips.swap(0, Ordering::SeqCst);
+    let trips = || {
+        (
+            counter.round_trips.swap(0, Ordering::SeqCst),
+            counter.requests.swap(0, Ordering::SeqCst),
+        )
+    };
 
     // A file no other loop device is bound to: no other vbd can hold it, so
-    // the publish transaction reads nothing but our own nodes.
+    // the publish transaction reads nothing but our own nodes. START with
+    // the 8 input reads behind it (under the transaction id the daemon
+    // gives a fresh connection's first transaction: a wrong guess would
+    // cost a fourth round trip); the 6 writes; END.
     let image = bed.image("rt.img", 4);
     let backend = bed.libxl_add(5, 768, image.path_bytes(), "w");
     bed.run("add", &backend, &via_counter).assert_ok();
-    // The watches, the reads and START in one batch; in the transaction,
-    // one batch of re-reads and writes; END.
-    assert_eq!(trips(), 1 + 2, "add of a file");
+    assert_eq!(trips(), (3, 1 + 8 + 6 + 1), "add of a file");
     bed.run("remove", &backend, &via_counter).assert_ok();
-    // Withdraw, in one transaction: START, the reads, the RMs of every
-    // record node in one batch, END. The detach needs no xenstore.
-    assert_eq!(trips(), 4, "remove");
+    // Withdraw, in one transaction: START with the reads behind it, the
+    // RMs of every record node in one batch, END. The detach needs no
+    // xenstore.
+    assert_eq!(trips().0, 3, "remove");
     bed.client().rm(&backend.frontend_dir()).unwrap();
 
     // A block device: every other vbd's record is read (here: none but
-    // ours exists). After the first batch, in the transaction: list the vbd
-    // root, list this frontend's vbds, one batch of reads, one batch of
-    // writes, END.
+    // ours exists, so nothing to read). After the first batch, in the
+    // transaction: list the vbd root, list this frontend's vbds, one batch
+    // of writes, END.
     let held = image.attach_held(true);
     let device = bed.libxl_add(6, 768, held.path().to_str().unwrap().as_bytes(), "w");
     trips();
     bed.run("add", &device, &via_counter).assert_ok();
-    assert_eq!(trips(), 1 + 5, "add of a block device");
-    // One more frontend domain costs one more listing.
+    assert_eq!(trips().0, 1 + 4, "add of a block device");
+    // One more frontend domain costs one more listing, and its vbd's
+    // `physical-device` one batch of reads.
     bed.libxl_add(7, 768, image.path_bytes(), "r");
     bed.run("remove", &device, &via_counter).assert_ok();
     bed.client().rm(&device.frontend_dir()).unwrap();
     let again = bed.libxl_add(8, 768, held.path().to_str().unwrap().as_bytes(), "w");
     trips();
     bed.run("add", &again, &via_counter).assert_ok();
-    assert_eq!(trips(), 1 + 6, "add of a block device, two frontends");
+    assert_eq!(trips().0, 1 + 6, "add of a block device, two frontends");
     bed.run("remove", &again, &via_counter).assert_ok();
     drop(held);
     assert_no_loops(&image);

@@ -524,6 +524,8 @@ impl Drop for OpenedBackend {
 pub struct RoundTripCounter {
     pub socket: PathBuf,
     pub round_trips: Arc<AtomicUsize>,
+    /// Requests (frames from clients), watch registrations included.
+    pub requests: Arc<AtomicUsize>,
 }
 
 impl RoundTripCounter {
@@ -534,13 +536,16 @@ impl RoundTripCounter {
         let listener = UnixListener::bind(&socket).unwrap();
         let upstream_path = bed.socket.clone();
         let round_trips = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
         let rt = round_trips.clone();
+        let reqs = requests.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
                 let upstream = UnixStream::connect(&upstream_path).unwrap();
                 let outstanding = Arc::new(std::sync::Mutex::new(0usize));
                 let rt = rt.clone();
+                let reqs = reqs.clone();
                 let (mut c_read, mut u_write) =
                     (client.try_clone().unwrap(), upstream.try_clone().unwrap());
                 let (mut u_read, mut c_write) = (upstream, client);
@@ -554,6 +559,7 @@ impl RoundTripCounter {
                             return;
                         }
                         for _msg_type in frames.feed(&buf[..n]) {
+                            reqs.fetch_add(1, Ordering::SeqCst);
                             let mut o = out_up.lock().unwrap();
                             if *o == 0 {
                                 rt.fetch_add(1, Ordering::SeqCst);
@@ -589,6 +595,7 @@ impl RoundTripCounter {
         RoundTripCounter {
             socket,
             round_trips,
+            requests,
         }
     }
 }

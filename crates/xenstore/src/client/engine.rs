@@ -38,6 +38,12 @@ pub(crate) type Outcomes = Vec<Result<Vec<u8>>>;
 pub struct Engine {
     conn: Connection,
     next_req_id: u32,
+    /// The id of the transaction most recently started on this connection
+    /// (0: none yet), from which the next one's id is predicted.
+    last_started_tx: u32,
+    /// Set once a raw request went out: it may have started a transaction
+    /// this engine does not know of, so ids are no longer predicted.
+    raw_used: bool,
     /// Events read while waiting for replies, oldest first.
     pub(crate) events: EventQueue,
     /// Set once the stream lost sync; every later request fails fast.
@@ -49,6 +55,8 @@ impl Engine {
         Engine {
             conn,
             next_req_id: 1,
+            last_started_tx: 0,
+            raw_used: false,
             events: EventQueue::default(),
             broken: None,
         }
@@ -88,20 +96,33 @@ impl Engine {
         tx_id: u32,
         requests: &[BatchRequest<'_>],
     ) -> Result<Outcomes> {
+        self.request_many_routed(requests, |_| tx_id)
+    }
+
+    /// [`request_many`](Self::request_many) with each request's
+    /// transaction id chosen by its index: `tx_of(i)`. For a batch that
+    /// mixes requests outside a transaction (WATCH, TRANSACTION_START) with
+    /// requests inside one.
+    pub(crate) fn request_many_routed(
+        &mut self,
+        requests: &[BatchRequest<'_>],
+        tx_of: impl Fn(usize) -> u32,
+    ) -> Result<Outcomes> {
         let mut outcomes = Vec::with_capacity(requests.len());
         let depth = if self.conn.pipelines() {
             PIPELINE_DEPTH
         } else {
             1
         };
-        for batch in requests.chunks(depth) {
+        for (chunk, batch) in requests.chunks(depth).enumerate() {
             let op = batch[0].0.name();
             self.check_usable(op)?;
             let mut bytes = Vec::new();
             let mut ids = Vec::with_capacity(batch.len());
-            for (t, payload, path) in batch {
+            for (i, (t, payload, path)) in batch.iter().enumerate() {
                 check_size(t.name(), Some(path), payload)?;
                 let req_id = self.take_req_id();
+                let tx_id = tx_of(chunk * depth + i);
                 bytes.extend_from_slice(&Message::new(*t, req_id, tx_id, payload.clone()).encode());
                 ids.push(req_id);
             }
@@ -114,6 +135,49 @@ impl Engine {
         Ok(outcomes)
     }
 
+    /// The id of a TRANSACTION_START reply, remembered for
+    /// [`likely_next_tx_id`](Self::likely_next_tx_id).
+    pub(crate) fn started_tx_id(&mut self, reply: &[u8]) -> Result<u32> {
+        let text = single_string(MsgType::TransactionStart, None, reply)?;
+        let id = text
+            .parse::<u32>()
+            .ok()
+            .filter(|id| *id != 0)
+            .ok_or_else(|| {
+                Error::for_request(
+                    MsgType::TransactionStart,
+                    None,
+                    ErrorKind::Protocol(format!(
+                        "transaction id {text:?} is not a non-zero number"
+                    )),
+                )
+            })?;
+        self.last_started_tx = id;
+        Ok(id)
+    }
+
+    /// The id the daemon will most likely give the next transaction on this
+    /// connection, so that requests inside it can ride in the same batch as
+    /// its TRANSACTION_START; `None` where batches are not pipelined.
+    ///
+    /// Both daemons number transactions per connection, counting up from 1
+    /// and skipping ids still open: Xen 4.17's C xenstored
+    /// (`do_transaction_start`: `next_transaction_id`, per connection) and
+    /// this project's (`last_tx_id`). So the next id is one more than the
+    /// last one started here whenever the transactions end in the order
+    /// they start, which is all a [`Client`](super::Client) can do (a
+    /// [`Transaction`](super::Transaction) borrows it). A wrong guess is
+    /// harmless: requests with an id the connection has no transaction for
+    /// fail (ENOENT) without touching the store, and the caller compares the
+    /// guess with START's reply before it looks at their outcomes. (After a
+    /// [`send_raw`](Self::send_raw), which may have opened a transaction
+    /// behind the engine's back, nothing is guessed: a guess naming an open
+    /// transaction would act in it.)
+    pub(crate) fn likely_next_tx_id(&self) -> Option<u32> {
+        (self.conn.pipelines() && !self.raw_used)
+            .then(|| self.last_started_tx.wrapping_add(1).max(1))
+    }
+
     /// Sends one frame of any type (even an unknown one) and returns the
     /// daemon's reply frame uninterpreted, ERROR replies included.
     pub(crate) fn send_raw(
@@ -124,6 +188,7 @@ impl Engine {
     ) -> Result<Message> {
         let op = message_type_name(msg_type);
         self.check_usable(op)?;
+        self.raw_used = true;
         check_size(op, None, payload)?;
         let req_id = self.take_req_id();
         let message = Message {

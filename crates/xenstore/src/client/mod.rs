@@ -138,16 +138,24 @@ impl Client {
         self.start_transaction()?.run(f)
     }
 
-    /// Reads several nodes as one consistent view in two round trips
-    /// (START, then the reads with the commit pipelined behind them),
-    /// retried like [`transaction`](Self::transaction) when the commit
-    /// reports that another client changed one of them meanwhile. Missing
-    /// nodes are `None`.
+    /// Reads several nodes as one consistent view, retried like
+    /// [`transaction`](Self::transaction) when the commit reports that
+    /// another client changed one of them meanwhile. Missing nodes are
+    /// `None`. One round trip on a socket (START, the reads and the commit
+    /// pipelined: see [`start_transaction_and_read`](Self::start_transaction_and_read)),
+    /// two where the transaction id is not the one expected.
     pub fn read_many_atomically(&mut self, paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
         let mut attempt = 1;
         loop {
-            let tx = self.start_transaction()?;
-            match tx.read_many_and_commit(paths) {
+            let result = match self.speculative_start(paths, true)? {
+                (_, Some(mut outcomes)) => {
+                    let end = outcomes.pop().expect("one outcome per request");
+                    end.and_then(|reply| transaction::check_end_reply(&reply))
+                        .and_then(|()| outcomes.into_iter().map(nodes::not_found_as_none).collect())
+                }
+                (id, None) => Transaction::new(self, id).read_many_and_commit(paths),
+            };
+            match result {
                 Err(e)
                     if e.errno() == Some(Errno::EAGAIN) && attempt < Transaction::MAX_ATTEMPTS =>
                 {
@@ -163,10 +171,9 @@ impl Client {
     /// without [`Transaction::commit`]. Prefer [`transaction`](Self::transaction),
     /// which retries on conflict.
     pub fn start_transaction(&mut self) -> Result<Transaction<'_>> {
-        let reply = self
-            .engine()
-            .request(MsgType::TransactionStart, 0, b"\0".to_vec(), None)?;
-        let id = Transaction::id_from_reply(&reply)?;
+        let engine = self.engine();
+        let reply = engine.request(MsgType::TransactionStart, 0, b"\0".to_vec(), None)?;
+        let id = engine.started_tx_id(&reply)?;
         Ok(Transaction::new(self, id))
     }
 

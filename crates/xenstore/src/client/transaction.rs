@@ -2,7 +2,7 @@
 //! what only a transaction does — pipelined batches, commit with retry,
 //! abort on drop.
 
-use super::engine::BatchRequest;
+use super::engine::{BatchRequest, Outcomes};
 use super::nodes::{checked, not_found_as_none, sealed, Scope, Session};
 use super::{engine, Client, Engine, Error, ErrorKind, Result};
 use crate::wire::{self, Errno, MsgType};
@@ -70,23 +70,6 @@ impl<'c> Transaction<'c> {
         }
     }
 
-    /// The id in a TRANSACTION_START reply.
-    pub(crate) fn id_from_reply(reply: &[u8]) -> Result<u32> {
-        let text = engine::single_string(MsgType::TransactionStart, None, reply)?;
-        text.parse::<u32>()
-            .ok()
-            .filter(|id| *id != 0)
-            .ok_or_else(|| {
-                Error::for_request(
-                    MsgType::TransactionStart,
-                    None,
-                    ErrorKind::Protocol(format!(
-                        "transaction id {text:?} is not a non-zero number"
-                    )),
-                )
-            })
-    }
-
     /// The id the daemon gave this transaction.
     pub fn id(&self) -> u32 {
         self.scope.id
@@ -111,6 +94,28 @@ impl<'c> Transaction<'c> {
         let requests = write_requests(items)?;
         self.scope
             .request_many(&requests)?
+            .into_iter()
+            .try_for_each(|outcome| outcome.map(drop))
+    }
+
+    /// Registers `watches` (which live outside any transaction) and writes
+    /// `items` in this transaction, all in one round trip. The first
+    /// failure, in order, is returned after all replies are in. A watch
+    /// registered before the commit fires for any change after it, and a
+    /// change between the registration and the commit to a node this
+    /// transaction read makes the commit fail: so what the transaction
+    /// read is where a wait on those watches can start.
+    pub fn watch_and_write_many(
+        &mut self,
+        watches: &[(&str, &str)],
+        items: &[(&str, &[u8])],
+    ) -> Result<()> {
+        let mut requests = super::watches::watch_requests(watches)?;
+        requests.extend(write_requests(items)?);
+        let (engine, id) = (&mut self.scope.client.scope, self.scope.id);
+        let outside = watches.len();
+        engine
+            .request_many_routed(&requests, |i| if i < outside { 0 } else { id })?
             .into_iter()
             .try_for_each(|outcome| outcome.map(drop))
     }
@@ -207,6 +212,27 @@ impl<'c> Transaction<'c> {
         }
     }
 
+    /// [`run`](Self::run) for a body that starts from the values of
+    /// `paths`, which this transaction has already read as `values` (see
+    /// [`Client::start_transaction_and_read`]): the first run gets those,
+    /// and a run after EAGAIN gets them read again in its fresh
+    /// transaction (one round trip more, only then).
+    pub fn run_reading<T, E: From<Error>>(
+        self,
+        paths: &[&str],
+        values: Vec<Option<Vec<u8>>>,
+        mut f: impl FnMut(&mut Transaction<'_>, Vec<Option<Vec<u8>>>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut first = Some(values);
+        self.run(|tx| {
+            let values = match first.take() {
+                Some(values) => values,
+                None => tx.read_many(paths)?,
+            };
+            f(tx, values)
+        })
+    }
+
     /// The id, with the transaction left open: the caller takes it over.
     fn detach(mut self) -> u32 {
         self.scope.finished = true;
@@ -225,8 +251,84 @@ impl<'c> Transaction<'c> {
     }
 }
 
+impl Client {
+    /// Starts a transaction and reads `paths` inside it, in one round trip
+    /// on a socket: the reads ride behind TRANSACTION_START with the id the
+    /// daemon will most likely give it ([`Engine::likely_next_tx_id`]).
+    /// When START's reply names another id, the reads (which then failed
+    /// without touching anything) are sent again with it: one more round
+    /// trip, never a wrong value. Over the xenbus device, which takes one
+    /// request at a time, it is always START and then the reads. Missing
+    /// nodes are `None`; the first failure, in order, is returned and the
+    /// transaction aborted.
+    ///
+    /// Every value read is part of what the commit checks, so a caller can
+    /// act on them (open a device, say) and publish the outcome in the same
+    /// transaction, knowing that a toolstack that rewrote one meanwhile
+    /// makes the commit fail with EAGAIN.
+    pub fn start_transaction_and_read(
+        &mut self,
+        paths: &[&str],
+    ) -> Result<(Transaction<'_>, Vec<Option<Vec<u8>>>)> {
+        let (id, outcomes) = self.speculative_start(paths, false)?;
+        let mut tx = Transaction::new(self, id);
+        let values = match outcomes {
+            Some(outcomes) => outcomes
+                .into_iter()
+                .map(not_found_as_none)
+                .collect::<Result<Vec<_>>>()?,
+            None => tx.read_many(paths)?,
+        };
+        Ok((tx, values))
+    }
+
+    /// [`transaction`](Self::transaction) for a body that starts from the
+    /// values of `paths`, read inside the transaction in the same round
+    /// trip as its START ([`start_transaction_and_read`](Self::start_transaction_and_read))
+    /// and read again before each re-run after EAGAIN.
+    pub fn transaction_reading<T, E: From<Error>>(
+        &mut self,
+        paths: &[&str],
+        f: impl FnMut(&mut Transaction<'_>, Vec<Option<Vec<u8>>>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let (tx, values) = self.start_transaction_and_read(paths)?;
+        tx.run_reading(paths, values, f)
+    }
+
+    /// TRANSACTION_START with the reads of `paths` (and, with `commit`, the
+    /// commit) pipelined behind it under the likely id: the id START gave,
+    /// and the outcomes of the requests behind it when the guess was right
+    /// (`None` when it was wrong or nothing was pipelined).
+    pub(super) fn speculative_start(
+        &mut self,
+        paths: &[&str],
+        commit: bool,
+    ) -> Result<(u32, Option<Outcomes>)> {
+        let engine = &mut self.scope;
+        let Some(guess) = engine.likely_next_tx_id() else {
+            let reply = engine.request(MsgType::TransactionStart, 0, b"\0".to_vec(), None)?;
+            return Ok((engine.started_tx_id(&reply)?, None));
+        };
+        let mut requests = vec![(MsgType::TransactionStart, b"\0".to_vec(), "")];
+        requests.extend(path_requests(MsgType::Read, paths)?);
+        if commit {
+            requests.push((
+                MsgType::TransactionEnd,
+                wire::transaction_end_payload(true),
+                "",
+            ));
+        }
+        let mut outcomes =
+            engine.request_many_routed(&requests, |i| if i == 0 { 0 } else { guess })?;
+        let rest = outcomes.split_off(1);
+        let started = outcomes.pop().expect("one outcome per request")?;
+        let id = engine.started_tx_id(&started)?;
+        Ok((id, (id == guess).then_some(rest)))
+    }
+}
+
 /// A TRANSACTION_END reply must be "OK".
-fn check_end_reply(reply: &[u8]) -> Result<()> {
+pub(super) fn check_end_reply(reply: &[u8]) -> Result<()> {
     if reply.strip_suffix(b"\0").unwrap_or(reply) != b"OK" {
         return Err(Error::for_request(
             MsgType::TransactionEnd,

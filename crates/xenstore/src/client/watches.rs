@@ -10,9 +10,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::engine::Outcomes;
+use super::engine::{BatchRequest, Outcomes};
 use super::nodes::{checked, not_found_as_none};
-use super::{Client, Error, ErrorKind, Result, Transaction};
+use super::{Client, Error, ErrorKind, Result};
 use crate::path::XsPath;
 use crate::wire::{self, MsgType};
 
@@ -77,70 +77,19 @@ impl Client {
         watches: &[(&str, &str)],
         paths: &[&str],
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let (outcomes, _) = self.watch_read_batch(watches, paths, Vec::new())?;
+        let outcomes = self.watch_read_batch(watches, paths)?;
         watched_values(outcomes, watches.len())
     }
 
-    /// Registers `watches`, reads `paths` outside any transaction and
-    /// starts a transaction, all in one round trip: for a caller that must
-    /// act on some values (open a device, say) before the transaction that
-    /// publishes the outcome, and re-reads them there to make them part of
-    /// what the commit checks. Every watch is registered before the reads
-    /// are answered, so a later change is either in the value read or
-    /// fires the watch after it. Missing nodes are `None`; the first
-    /// failure, in order, is returned (and the transaction, if started,
-    /// aborted).
-    pub fn watch_read_and_start_transaction(
-        &mut self,
-        watches: &[(&str, &str)],
-        paths: &[&str],
-    ) -> Result<(Vec<Option<Vec<u8>>>, Transaction<'_>)> {
-        let start = (MsgType::TransactionStart, b"\0".to_vec(), "");
-        let (outcomes, mut tail) = self.watch_read_batch(watches, paths, vec![start])?;
-        // Started or not, the transaction is only handed out (or aborted on
-        // drop) once the other replies are known to be good.
-        let started = tail.pop().ok_or_else(|| {
-            Error::for_request(
-                MsgType::TransactionStart,
-                None,
-                ErrorKind::Protocol("no outcome for TRANSACTION_START".into()),
-            )
-        })?;
-        let id = started.and_then(|reply| Transaction::id_from_reply(&reply))?;
-        let tx = Transaction::new(self, id);
-        let values = watched_values(outcomes, watches.len())?;
-        Ok((values, tx))
-    }
-
-    /// One pipelined batch: `watches`, then reads of `paths`, then `tail`
-    /// (requests outside any transaction). The outcomes of the watches and
-    /// reads, in order, and those of `tail`.
-    fn watch_read_batch(
-        &mut self,
-        watches: &[(&str, &str)],
-        paths: &[&str],
-        tail: Vec<(MsgType, Vec<u8>, &str)>,
-    ) -> Result<(Outcomes, Outcomes)> {
-        for (path, token) in watches {
-            check_token(MsgType::Watch, path, token)?;
-        }
+    /// One pipelined batch: `watches`, then reads of `paths`; their
+    /// outcomes, in order.
+    fn watch_read_batch(&mut self, watches: &[(&str, &str)], paths: &[&str]) -> Result<Outcomes> {
+        let mut requests = watch_requests(watches)?;
         for path in paths {
             checked(MsgType::Read, path)?;
+            requests.push((MsgType::Read, wire::path_payload(path), *path));
         }
-        let tail_len = tail.len();
-        let requests: Vec<_> = watches
-            .iter()
-            .map(|(path, token)| (MsgType::Watch, wire::watch_payload(path, token), *path))
-            .chain(
-                paths
-                    .iter()
-                    .map(|path| (MsgType::Read, wire::path_payload(path), *path)),
-            )
-            .chain(tail)
-            .collect();
-        let mut outcomes = self.engine().request_many(0, &requests)?;
-        let tail = outcomes.split_off(outcomes.len() - tail_len);
-        Ok((outcomes, tail))
+        self.engine().request_many(0, &requests)
     }
 
     /// Removes a watch and drops its events still queued here, as
@@ -190,6 +139,18 @@ impl Client {
     pub fn pending_events(&self) -> usize {
         self.scope.events.len()
     }
+}
+
+/// The WATCH requests of a batch, every one validated before anything is
+/// sent.
+pub(crate) fn watch_requests<'p>(watches: &[(&'p str, &str)]) -> Result<Vec<BatchRequest<'p>>> {
+    watches
+        .iter()
+        .map(|(path, token)| {
+            check_token(MsgType::Watch, path, token)?;
+            Ok((MsgType::Watch, wire::watch_payload(path, token), *path))
+        })
+        .collect()
 }
 
 /// The read values of a watch-and-read batch whose first `watches`

@@ -780,6 +780,70 @@ fn pipelined_reads_see_the_state_before_the_writes_behind_them() {
     assert_eq!(b.read(&flag).unwrap(), b"after");
 }
 
+/// The claim `Engine::likely_next_tx_id` rests on, checked against the C
+/// daemon in `tests/xen` (`xs-suites-real`): transactions are numbered per
+/// connection, from 1, one more each time. (Over `/dev/xen/xenbus` the
+/// connection is the kernel's, shared, hence `own_connection_`.)
+#[test]
+fn own_connection_transaction_ids_count_up_from_one() {
+    let bed = Bed::start("tx-ids");
+    let mut a = bed.dom0();
+    let x = bed.path("/ids/x");
+    let tx = a.start_transaction().unwrap();
+    assert_eq!(tx.id(), 1, "a fresh connection's first transaction");
+    tx.abort().unwrap();
+    let mut tx = a.start_transaction().unwrap();
+    assert_eq!(tx.id(), 2);
+    tx.write(&x, "1").unwrap();
+    tx.commit().unwrap();
+    // Another connection counts on its own.
+    let mut b = bed.dom0();
+    let (tx, values) = b.start_transaction_and_read(&[&x]).unwrap();
+    assert_eq!((tx.id(), values), (1, vec![Some(b"1".to_vec())]));
+    tx.abort().unwrap();
+    let (tx, _) = a.start_transaction_and_read(&[&x]).unwrap();
+    assert_eq!(tx.id(), 3);
+}
+
+/// The reads pipelined behind START are inside the transaction: a change
+/// another client makes to one of them fails the commit, and `run_reading`
+/// re-runs the body with the values read again.
+#[test]
+fn reads_behind_start_are_inside_the_transaction() {
+    let bed = Bed::start("tx-read-behind");
+    let mut a = bed.dom0();
+    let mut b = bed.dom0();
+    let (x, y, missing) = (
+        bed.path("/rb/x"),
+        bed.path("/rb/y"),
+        bed.path("/rb/missing"),
+    );
+    a.write(&x, "1").unwrap();
+    let paths = [x.as_str(), missing.as_str()];
+    let (tx, values) = a.start_transaction_and_read(&paths).unwrap();
+    assert_eq!(values, vec![Some(b"1".to_vec()), None]);
+    b.write(&x, "changed").unwrap();
+    let mut seen = Vec::new();
+    let ran: Result<(), xenstore::Error> = tx.run_reading(&paths, values, |tx, values| {
+        seen.push(values[0].clone());
+        tx.write(&y, values[0].as_deref().unwrap_or_default())
+    });
+    ran.unwrap();
+    assert_eq!(
+        seen,
+        vec![Some(b"1".to_vec()), Some(b"changed".to_vec())],
+        "the first run's commit failed (EAGAIN) and the re-run read again"
+    );
+    assert_eq!(b.read(&y).unwrap(), b"changed");
+    // The same through the one-call form, and the atomic read.
+    let read_y = a.transaction_reading(&[&y], |_, values| Ok::<_, xenstore::Error>(values));
+    assert_eq!(read_y.unwrap(), vec![Some(b"changed".to_vec())]);
+    assert_eq!(
+        a.read_many_atomically(&[&x, &y]).unwrap(),
+        vec![Some(b"changed".to_vec()), Some(b"changed".to_vec())]
+    );
+}
+
 #[test]
 fn watches_and_reads_in_one_batch() {
     let bed = Bed::start("watch-batch");

@@ -415,39 +415,38 @@ fn reply_with_a_foreign_request_id_is_a_protocol_error() {
 }
 
 #[test]
-fn watch_read_and_start_transaction_is_one_round_trip_and_run_retries_it() {
+fn start_transaction_and_read_is_one_round_trip_and_run_retries_it() {
     let daemon = FakeDaemon::start(|peer| {
-        // Everything of the first batch arrives before any reply is sent.
-        let watches = [peer.expect(MsgType::Watch), peer.expect(MsgType::Watch)];
-        let reads = [peer.expect(MsgType::Read), peer.expect(MsgType::Read)];
+        // Everything of the first batch arrives before any reply is sent:
+        // the reads carry the id a fresh connection's first transaction
+        // gets from both daemons.
         let start = peer.expect(MsgType::TransactionStart);
-        assert!(watches.iter().chain(&reads).all(|m| m.tx_id == 0));
-        for (watch, path) in watches.iter().zip(["/be/opened", "/be/state"]) {
-            assert_eq!(watch.payload, wire::watch_payload(path, "tok"));
-            peer.reply(watch, wire::OK_PAYLOAD);
-            peer.event(path, "tok");
-        }
+        let reads = [peer.expect(MsgType::Read), peer.expect(MsgType::Read)];
+        assert_eq!(start.tx_id, 0);
+        assert!(reads.iter().all(|m| m.tx_id == 1), "{reads:?}");
+        peer.reply(&start, b"1\0");
         peer.reply(&reads[0], b"0");
         peer.error(&reads[1], Errno::ENOENT);
-        peer.reply(&start, b"7\0");
         // The caller's transaction: first in the id START gave, then, after
         // EAGAIN, in a fresh one.
-        for (id, verdict) in [(7, Some(Errno::EAGAIN)), (8, None)] {
-            if id != 7 {
-                peer.start_transaction(id);
-            }
-            peer.write_and_commit(id, verdict);
-        }
+        peer.write_and_commit(1, Some(Errno::EAGAIN));
+        peer.start_transaction(2);
+        peer.write_and_commit(2, None);
+        // The next transaction on the connection is guessed from the last.
+        let start = peer.expect(MsgType::TransactionStart);
+        let read = peer.expect(MsgType::Read);
+        let end = peer.expect(MsgType::TransactionEnd);
+        assert_eq!((read.tx_id, end.tx_id), (3, 3));
+        peer.reply(&start, b"3\0");
+        peer.reply(&read, b"x");
+        peer.reply(&end, wire::OK_PAYLOAD);
     });
     let mut client = daemon.client();
-    let (values, tx) = client
-        .watch_read_and_start_transaction(
-            &[("/be/opened", "tok"), ("/be/state", "tok")],
-            &["/be/opened", "/be/missing"],
-        )
+    let (tx, values) = client
+        .start_transaction_and_read(&["/be/opened", "/be/missing"])
         .unwrap();
     assert_eq!(values, [Some(b"0".to_vec()), None]);
-    assert_eq!(tx.id(), 7);
+    assert_eq!(tx.id(), 1);
     let mut runs = 0;
     let ran: Result<u32, xenstore::Error> = tx.run(|tx| {
         runs += 1;
@@ -455,38 +454,116 @@ fn watch_read_and_start_transaction_is_one_round_trip_and_run_retries_it() {
         Ok(runs)
     });
     assert_eq!(ran.unwrap(), 2);
-    // The registration events were queued, in order.
     assert_eq!(
-        client.next_event(Some(Duration::ZERO)).unwrap(),
-        Some(event("/be/opened", "tok"))
-    );
-    assert_eq!(
-        client.next_event(Some(Duration::ZERO)).unwrap(),
-        Some(event("/be/state", "tok"))
+        client.read_many_atomically(&["/x"]).unwrap(),
+        [Some(b"x".to_vec())]
     );
     daemon.finish();
 }
 
 #[test]
-fn a_failed_watch_or_read_aborts_the_transaction_started_with_it() {
+fn a_wrong_transaction_id_guess_costs_a_round_trip_never_a_value() {
     let daemon = FakeDaemon::start(|peer| {
-        let watch = peer.expect(MsgType::Watch);
-        let read = peer.expect(MsgType::Read);
         let start = peer.expect(MsgType::TransactionStart);
-        peer.error(&watch, Errno::EEXIST);
-        peer.reply(&read, b"v");
-        peer.reply(&start, b"5\0");
-        // Not handed out: aborted at once.
+        let read = peer.expect(MsgType::Read);
+        assert_eq!(read.tx_id, 1);
+        peer.reply(&start, b"9\0");
+        // Whatever the requests under the wrong id got is not used: here a
+        // value that would be wrong if it were.
+        peer.reply(&read, b"not-in-transaction-9");
+        let again = peer.expect(MsgType::Read);
+        assert_eq!((again.tx_id, again.payload.clone()), (9, read.payload));
+        peer.reply(&again, b"right");
         let end = peer.expect(MsgType::TransactionEnd);
-        assert_eq!((end.tx_id, end.payload.as_slice()), (5, &b"F\0"[..]));
+        assert_eq!((end.tx_id, end.payload.as_slice()), (9, &b"F\0"[..]));
+        peer.reply(&end, wire::OK_PAYLOAD);
+        // read_many_atomically: the commit under the wrong id went nowhere;
+        // the transaction START opened is read and committed.
+        let start = peer.expect(MsgType::TransactionStart);
+        let read = peer.expect(MsgType::Read);
+        let end = peer.expect(MsgType::TransactionEnd);
+        assert_eq!((read.tx_id, end.tx_id), (10, 10));
+        peer.reply(&start, b"4\0");
+        peer.error(&read, Errno::ENOENT);
+        peer.error(&end, Errno::ENOENT);
+        let read = peer.expect(MsgType::Read);
+        let end = peer.expect(MsgType::TransactionEnd);
+        assert_eq!((read.tx_id, end.tx_id), (4, 4));
+        peer.reply(&read, b"v");
+        peer.reply(&end, wire::OK_PAYLOAD);
+    });
+    let mut client = daemon.client();
+    let (tx, values) = client.start_transaction_and_read(&["/a"]).unwrap();
+    assert_eq!((tx.id(), values), (9, vec![Some(b"right".to_vec())]));
+    tx.abort().unwrap();
+    assert_eq!(
+        client.read_many_atomically(&["/a"]).unwrap(),
+        [Some(b"v".to_vec())]
+    );
+    daemon.finish();
+}
+
+#[test]
+fn no_transaction_id_is_guessed_after_a_raw_request() {
+    let daemon = FakeDaemon::start(|peer| {
+        // A raw START the engine cannot interpret: it may have opened a
+        // transaction with the id a guess would use.
+        let raw = peer.expect(MsgType::TransactionStart);
+        peer.reply(&raw, b"1\0");
+        peer.start_transaction(2);
+        let read = peer.expect(MsgType::Read);
+        assert_eq!(read.tx_id, 2);
+        peer.reply(&read, b"v");
+        let end = peer.expect(MsgType::TransactionEnd);
+        assert_eq!((end.tx_id, end.payload.as_slice()), (2, &b"T\0"[..]));
+        peer.reply(&end, wire::OK_PAYLOAD);
+    });
+    let mut client = daemon.client();
+    client
+        .send_raw(MsgType::TransactionStart as u32, 0, b"\0")
+        .unwrap();
+    assert_eq!(
+        client.read_many_atomically(&["/a"]).unwrap(),
+        [Some(b"v".to_vec())]
+    );
+    daemon.finish();
+}
+
+#[test]
+fn watch_and_write_many_registers_outside_and_writes_inside_in_one_round_trip() {
+    let daemon = FakeDaemon::start(|peer| {
+        peer.start_transaction(6);
+        let watch = peer.expect(MsgType::Watch);
+        let writes = [peer.expect(MsgType::Write), peer.expect(MsgType::Write)];
+        assert_eq!(watch.tx_id, 0);
+        assert_eq!(watch.payload, wire::watch_payload("/be/opened", "tok"));
+        assert!(writes.iter().all(|m| m.tx_id == 6), "{writes:?}");
+        peer.reply(&watch, wire::OK_PAYLOAD);
+        peer.event("/be/opened", "tok");
+        peer.reply(&writes[0], wire::OK_PAYLOAD);
+        peer.error(&writes[1], Errno::EACCES);
+        let end = peer.expect(MsgType::TransactionEnd);
+        assert_eq!(end.payload, b"F\0", "the failure aborts");
         peer.reply(&end, wire::OK_PAYLOAD);
     });
     let mut client = daemon.client();
     let err = client
-        .watch_read_and_start_transaction(&[("/w", "tok")], &["/r"])
+        .transaction(|tx| {
+            tx.watch_and_write_many(
+                &[("/be/opened", "tok")],
+                &[("/be/a", b"1"), ("/be/b", b"2")],
+            )
+        })
         .unwrap_err();
-    assert_eq!(err.errno(), Some(Errno::EEXIST));
-    assert_eq!((err.operation(), err.path()), ("WATCH", Some("/w")));
+    assert_eq!(
+        (err.errno(), err.path()),
+        (Some(Errno::EACCES), Some("/be/b"))
+    );
+    // The registration's event was queued.
+    assert_eq!(
+        client.next_event(Some(Duration::ZERO)).unwrap(),
+        Some(event("/be/opened", "tok"))
+    );
     daemon.finish();
 }
 
