@@ -269,7 +269,8 @@ impl AsFd for BlockDevice {
     }
 }
 
-fn check(expected: &DiskId, found: DiskId) -> Result<()> {
+/// `found` (read from an fd) must be the `expected` instance.
+pub(crate) fn check(expected: &DiskId, found: DiskId) -> Result<()> {
     if found == *expected {
         Ok(())
     } else {

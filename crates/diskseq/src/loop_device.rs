@@ -398,7 +398,9 @@ fn verify_and_share(
         Access::ReadWrite
     };
     let device = BlockDevice::open(path, access)?;
-    device.verify(&DiskId::new(dev, seq))?;
+    // The open read the instance from the new fd just now: no need to ask
+    // again (BlockDevice::verify would).
+    crate::device::check(&DiskId::new(dev, seq), device.id())?;
     Ok(device)
 }
 
