@@ -61,7 +61,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 musl=x86_64-unknown-linux-musl
 if rustup target list --installed 2>/dev/null | grep -qx "$musl" ||
     rustup target add "$musl" >/dev/null 2>&1; then
-    cargo build --release --locked -p diskseq-cli --bin block-diskseq --target "$musl"
+    # Built as scripts/package builds it (not position-independent).
+    cargo rustc --release --locked -p diskseq-cli --bin block-diskseq --target "$musl" \
+        -- -C relocation-model=static
     export BLOCK_DISKSEQ_BIN=$CARGO_TARGET_DIR/$musl/release/block-diskseq
     echo "block-diskseq: static, musl ($musl)"
 else
@@ -82,7 +84,8 @@ if [ -n "${HOTPLUG_BENCH_BASELINE:-}" ]; then
     mkdir -p "$base_tree"
     git archive "$HOTPLUG_BENCH_BASELINE" | tar -x -C "$base_tree"
     (cd "$base_tree" && CARGO_TARGET_DIR=$cache/baseline-target \
-        cargo build --release --locked -p diskseq-cli --bin block-diskseq --target "$musl")
+        cargo rustc --release --locked -p diskseq-cli --bin block-diskseq --target "$musl" \
+            -- -C relocation-model=static)
     export BLOCK_DISKSEQ_BASELINE_BIN=$cache/baseline-target/$musl/release/block-diskseq
     echo "baseline: block-diskseq of $(git rev-parse --short "$HOTPLUG_BENCH_BASELINE")"
 fi
