@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::conn::Connection;
 use super::watches::{bad_event, parse_event, EventQueue, WatchEvent};
 use super::{Error, ErrorKind, Result};
-use crate::wire::{self, FrameError, Header, Message, MsgType, HEADER_SIZE, PAYLOAD_MAX};
+use crate::wire::{self, FrameError, Header, Message, MsgType, PAYLOAD_MAX};
 
 /// Most requests sent back to back before their replies are read; keeps a
 /// pipelined batch well inside the socket buffers and the daemon's
@@ -41,6 +41,11 @@ pub struct Engine {
     /// The id of the transaction most recently started on this connection
     /// (0: none yet), from which the next one's id is predicted.
     last_started_tx: u32,
+    /// The frames of the request being sent, kept between requests so that
+    /// each send reuses one allocation (musl's allocator returns a freed
+    /// page to the kernel at once, and on a PV dom0 each mmap, munmap and
+    /// first touch of a page is a trip through the hypervisor).
+    send_buf: Vec<u8>,
     /// Set once a raw request went out: it may have started a transaction
     /// this engine does not know of, so ids are no longer predicted.
     raw_used: bool,
@@ -56,6 +61,7 @@ impl Engine {
             conn,
             next_req_id: 1,
             last_started_tx: 0,
+            send_buf: Vec::new(),
             raw_used: false,
             events: EventQueue::default(),
             broken: None,
@@ -80,8 +86,12 @@ impl Engine {
         self.check_usable(op)?;
         check_size(op, path, &payload)?;
         let req_id = self.take_req_id();
-        let message = Message::new(t, req_id, tx_id, payload);
-        self.send_bytes(op, path, &message.encode())?;
+        let mut frames = std::mem::take(&mut self.send_buf);
+        frames.clear();
+        push_frame(&mut frames, t as u32, req_id, tx_id, &payload);
+        let sent = self.send_bytes(op, path, &frames);
+        self.send_buf = frames;
+        sent?;
         let reply = self.await_reply(op, path, req_id)?;
         self.interpret(t, path, reply)
     }
@@ -117,24 +127,28 @@ impl Engine {
         for (chunk, batch) in requests.chunks(depth).enumerate() {
             let op = batch[0].0.name();
             self.check_usable(op)?;
-            // The frames are written straight into one buffer of the right
-            // size: no copy of a payload, no buffer per frame.
-            let size = batch.iter().map(|(_, p, _)| HEADER_SIZE + p.len()).sum();
-            let mut bytes = Vec::with_capacity(size);
-            let mut ids = Vec::with_capacity(batch.len());
-            for (i, (t, payload, path)) in batch.iter().enumerate() {
+            // The frames are written straight into the send buffer: no copy
+            // of a payload, no buffer per frame.
+            for (t, payload, path) in batch {
                 check_size(t.name(), Some(path), payload)?;
-                let header = Header {
-                    msg_type: *t as u32,
-                    req_id: self.take_req_id(),
-                    tx_id: tx_of(chunk * depth + i),
-                    len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
-                };
-                bytes.extend_from_slice(&header.encode());
-                bytes.extend_from_slice(payload);
-                ids.push(header.req_id);
             }
-            self.send_bytes(op, None, &bytes)?;
+            let mut frames = std::mem::take(&mut self.send_buf);
+            frames.clear();
+            let mut ids = Vec::with_capacity(batch.len());
+            for (i, (t, payload, _)) in batch.iter().enumerate() {
+                let req_id = self.take_req_id();
+                push_frame(
+                    &mut frames,
+                    *t as u32,
+                    req_id,
+                    tx_of(chunk * depth + i),
+                    payload,
+                );
+                ids.push(req_id);
+            }
+            let sent = self.send_bytes(op, None, &frames);
+            self.send_buf = frames;
+            sent?;
             for ((t, _, path), req_id) in batch.iter().zip(ids) {
                 let reply = self.await_reply(t.name(), Some(path), req_id)?;
                 outcomes.push(self.interpret(*t, Some(path), reply));
@@ -332,6 +346,19 @@ impl Engine {
 }
 
 /// Refuses a payload the daemon would take as a reason to disconnect.
+/// Appends one frame to `out`. The payload was checked against
+/// [`PAYLOAD_MAX`] (so its length fits the header's `u32`).
+fn push_frame(out: &mut Vec<u8>, msg_type: u32, req_id: u32, tx_id: u32, payload: &[u8]) {
+    let header = Header {
+        msg_type,
+        req_id,
+        tx_id,
+        len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+    };
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(payload);
+}
+
 fn check_size(op: &'static str, path: Option<&str>, payload: &[u8]) -> Result<()> {
     if payload.len() > PAYLOAD_MAX {
         return Err(Error::new(
