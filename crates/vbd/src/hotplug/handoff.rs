@@ -64,16 +64,16 @@ impl Handoff {
 pub const WATCH_TOKEN: &str = "block-diskseq-handoff";
 
 /// The nodes the wait watches: `opened` and `state`. `add` registers the
-/// watches in its first round trip, before it knows which signal applies
-/// (a watch on a node that never changes costs nothing), so the wait needs
-/// no round trip of its own.
+/// watches, only for this handoff, in the publishing transaction's write
+/// batch (before its commit), so the wait needs no round trip of its own.
 pub fn watched_nodes(backend: &BackendPath) -> [String; 2] {
     [backend.node(node::OPENED), backend.node(node::STATE)]
 }
 
 /// `opened` and `state` as the publishing transaction read them: their
-/// values at its commit, which came after the watches of
-/// [`watched_nodes`] were registered.
+/// values at its commit (a change between the read and the commit fails
+/// the commit), which came after the watches of [`watched_nodes`] were
+/// registered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Known {
     /// The `opened` node.
@@ -86,8 +86,9 @@ pub struct Known {
 /// the backend gives up, or `timeout` passes. Returns how long it waited.
 ///
 /// The watches of [`watched_nodes`] must be registered on `client` (with
-/// [`WATCH_TOKEN`]) before `known` was read; they stay registered (the
-/// script drops the connection right after, and with it the watches).
+/// [`WATCH_TOKEN`]) before the commit of the transaction that read `known`;
+/// they stay registered (the script drops the connection right after, and
+/// with it the watches).
 pub fn wait_opened(
     client: &mut Client,
     backend: &BackendPath,
@@ -103,9 +104,9 @@ pub fn wait_opened(
     super::fault::point("in-wait");
     // Which nodes to (re)read: both at first, then those a watch named.
     let (mut check_opened, mut check_state) = (true, true);
-    // Each watch fires once when registered, before `known` was read: those
-    // values cover that event, so the first event of each watch needs no
-    // re-read (a later change fires the watch again).
+    // Each watch fires once when registered, before the commit at which
+    // `known` held: those values cover that event, so the first event of
+    // each watch needs no re-read (a later change fires the watch again).
     let (mut opened_registered, mut state_registered) = (true, true);
     loop {
         if check_opened {
