@@ -100,6 +100,29 @@ read_tag() {
 loops_of() { losetup -n -O NAME -j "$1" 2>/dev/null; }
 no_loops_of() { [ -z "$(loops_of "$1")" ]; }
 
+# xl_create_guest <label> <config>: `xl create <config>`, its output kept as
+# evidence. A non-zero exit is a failed check, except xl's own process
+# dying of heap corruption after it created the domain — the platform fault
+# of docs/real-xen.md ("Platform faults"), seen as "died due to fatal
+# signal" with glibc's "malloc()"/"corrupted"/"free()" message: that is
+# counted (figure xl_create_platform_faults), not a verdict, and the
+# caller's own checks of the guest (running, its disks, what it reports)
+# decide. Returns 0 unless the create failed otherwise.
+xl_create_guest() {
+    local label=$1 cfg=$2 out=$XT_STATE/xl-create.out status
+    xl create "$cfg" >"$out" 2>&1
+    status=$?
+    xt_evidence_cmd "$label" cat "$out"
+    if [ "$status" -ne 0 ] && grep -q "died due to fatal signal" "$out" &&
+        grep -qiE "malloc\(\)|corrupted|free\(\)" "$out"; then
+        xt_figure xl_create_platform_faults 1
+        xt_evidence "$label exited $status: xl's own process died of heap corruption (platform fault)"
+        return 0
+    fi
+    xt_expect_eq "$label exit status" "$status" 0
+    [ "$status" -eq 0 ]
+}
+
 # make_script_wrapper <real script> <wrapper path>: writes a hotplug script
 # that runs <real script> as its child and appends one line per run to
 # $XT_STATE/script-runs: "<command> <XENBUS_PATH> <start> <end> <status>"

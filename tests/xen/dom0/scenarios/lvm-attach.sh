@@ -125,9 +125,7 @@ on_crash = "destroy"
 disk = [ 'format=raw, vdev=xvda, access=r, script=$DISKSEQ_SCRIPT, target=/dev/$LVM_VG/disk-a',
          'format=raw, vdev=xvdb, access=rw, script=$DISKSEQ_SCRIPT, target=/dev/mapper/$map_b' ]
 EOF
-xl create "$XT_STATE/lvm-guest.cfg" >"$XT_STATE/create.out" 2>&1
-xt_expect_eq "[guest] xl create exit status" "$?" 0
-xt_evidence_cmd "[guest] xl create" cat "$XT_STATE/create.out"
+xl_create_guest "[guest] xl create" "$XT_STATE/lvm-guest.cfg"
 domid=$(xl domid "$name" 2>/dev/null)
 xt_check "[guest] running" test -n "$domid"
 xt_check "[guest] reported back (GUEST-DONE)" wait_for 150 grep -q GUEST-DONE "$console"

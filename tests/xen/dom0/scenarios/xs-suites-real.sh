@@ -125,7 +125,7 @@ EOF
 # evidence and the retry counted.
 for try in 1 2; do
     start=$(ms_now)
-    xt_check "xl create of the relay guest (boot $try)" xl create "$XT_STATE/relay-guest.cfg"
+    xl_create_guest "xl create of the relay guest (boot $try)" "$XT_STATE/relay-guest.cfg"
     domid=$(xl domid "$relay_name" 2>/dev/null)
     ready=/local/domain/${domid:-none}/data/xs-relay/ready
     wait_for 150 xenstore-exists "$ready" && break
