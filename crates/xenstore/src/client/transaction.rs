@@ -181,7 +181,7 @@ impl<'c> Transaction<'c> {
     /// with EAGAIN, `f` runs again in a fresh transaction after a short
     /// random pause, as [`Client::transaction`] does (which is this, on a
     /// transaction it starts). For a first transaction started some other
-    /// way, e.g. by [`Client::watch_read_and_start_transaction`]. When `f`
+    /// way, e.g. by [`Client::start_transaction_and_read`]. When `f`
     /// fails, the transaction is aborted and `f`'s error returned.
     pub fn run<T, E: From<Error>>(
         mut self,
@@ -254,7 +254,9 @@ impl<'c> Transaction<'c> {
 impl Client {
     /// Starts a transaction and reads `paths` inside it, in one round trip
     /// on a socket: the reads ride behind TRANSACTION_START with the id the
-    /// daemon will most likely give it ([`Engine::likely_next_tx_id`]).
+    /// daemon will most likely give it (one more than the last transaction
+    /// started on this connection, 1 on a fresh one: both xenstored of Xen
+    /// 4.17 and this project's number a connection's transactions so).
     /// When START's reply names another id, the reads (which then failed
     /// without touching anything) are sent again with it: one more round
     /// trip, never a wrong value. Over the xenbus device, which takes one
