@@ -323,7 +323,14 @@ fn post_order<T: Tree>(t: &mut T, root: &str) -> (Vec<String>, bool) {
             } else {
                 format!("{path}/{child}")
             };
-            let Some(grandchildren) = children_of(t, &child_path) else {
+            // A name listed twice (a transaction's copy of the parent listed
+            // it when the node was gone, and the node was created again:
+            // the C daemon appends the name without looking) is met again
+            // after its node was removed: as missing as a child removed
+            // outside.
+            let Some(grandchildren) =
+                children_of(t, &child_path).filter(|_| !out.contains(&child_path))
+            else {
                 return (out, false);
             };
             stack.push((child_path, grandchildren, 0));

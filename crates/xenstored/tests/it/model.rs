@@ -323,6 +323,28 @@ fn rm_in_a_transaction_stops_at_a_child_removed_outside() {
     ]);
 }
 
+/// Found by the generator (shrunk, fresh-clone CI of 2026-12-02): the
+/// transaction's copy of `/m` lists `b`, which is removed outside; the
+/// transaction creates `/m/b` again, and its copy of `/m` lists `b` twice
+/// (the C daemon's `add_child` appends without looking). Its RM of `/m`
+/// removes `/m/b`, then meets the second `b` missing: EIO, as for a child
+/// removed outside.
+#[test]
+fn rm_in_a_transaction_of_a_parent_listing_a_recreated_child_twice() {
+    use NodeOp::*;
+    run(vec![
+        Step::Node(0, Write("/m/b".into(), Vec::new())),
+        Step::Start(1),
+        Step::Node(1, Write("/m".into(), Vec::new())),
+        Step::Node(0, Rm("/m/b".into())),
+        Step::Node(1, Mkdir("/m/b".into())),
+        Step::Node(1, Directory("/m".into())),
+        Step::Node(1, Rm("/m".into())),
+        Step::Node(1, Directory("/m".into())),
+        Step::End(1, true),
+    ]);
+}
+
 /// The same with the transaction's copy of the parent missing: it looked
 /// for `/m/x` before `/m` existed; `/m/a` is created outside; removing it
 /// in the transaction is EINVAL (the C daemon reads the parent first) and
