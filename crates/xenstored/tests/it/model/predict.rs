@@ -178,11 +178,11 @@ impl Model {
             if !self.remove_subtree(&child_path, a) {
                 return false;
             }
-            self.nodes
-                .get_mut(path)
-                .unwrap()
-                .children
-                .retain(|c| *c != child);
+            // The first entry only, as the C daemon's `delete_child`.
+            let siblings = &mut self.nodes.get_mut(path).unwrap().children;
+            if let Some(i) = siblings.iter().position(|c| *c == child) {
+                siblings.remove(i);
+            }
         }
         self.nodes.remove(path);
         a.touched.push(path.to_string());
@@ -265,7 +265,8 @@ impl Model {
                     if !siblings.contains(&name) {
                         return (Err("EIO".to_string()), a);
                     }
-                    siblings.retain(|c| *c != name);
+                    let first = siblings.iter().position(|c| *c == name);
+                    siblings.remove(first.expect("listed: checked above"));
                     a.changed.insert(parent(p).into());
                     ok()
                 }
