@@ -328,7 +328,8 @@ fn rm_in_a_transaction_stops_at_a_child_removed_outside() {
 /// transaction creates `/m/b` again, and its copy of `/m` lists `b` twice
 /// (the C daemon's `add_child` appends without looking). Its RM of `/m`
 /// removes `/m/b`, then meets the second `b` missing: EIO, as for a child
-/// removed outside.
+/// removed outside; `/m` stays, still listing `b` once (`delete_child`
+/// removes the first entry only: measured on real Xen).
 #[test]
 fn rm_in_a_transaction_of_a_parent_listing_a_recreated_child_twice() {
     use NodeOp::*;
